@@ -1,0 +1,52 @@
+"""Production-grade PostgreSQL connection pooling for FastAPI, on psycopg 3 and psycopg-pool."""
+
+from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.dependencies import (
+    ConnDep,
+    DatabaseDep,
+    PoolDep,
+    StreamConnDep,
+    get_conn,
+    get_database,
+    get_pool,
+    get_stream_conn,
+    transaction,
+)
+from fastapi_dbpool.errors import (
+    CommitFailed,
+    DatabaseUnavailable,
+    PoolStartupError,
+    QueryTimeout,
+)
+from fastapi_dbpool.lifespan import create_pool_lifespan, pool_lifespan
+from fastapi_dbpool.router import pool_router
+from fastapi_dbpool.settings import PoolSettings, SettingsError
+from fastapi_dbpool.stats import Health, PoolCounters, PoolStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CommitFailed",
+    "ConnDep",
+    "DatabaseDep",
+    "DatabasePool",
+    "DatabaseUnavailable",
+    "Health",
+    "PoolCounters",
+    "PoolDep",
+    "PoolSettings",
+    "PoolStartupError",
+    "PoolStats",
+    "QueryTimeout",
+    "SettingsError",
+    "StreamConnDep",
+    "__version__",
+    "create_pool_lifespan",
+    "get_conn",
+    "get_database",
+    "get_pool",
+    "get_stream_conn",
+    "pool_lifespan",
+    "pool_router",
+    "transaction",
+]

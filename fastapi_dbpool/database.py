@@ -1,0 +1,204 @@
+"""DatabasePool: one AsyncConnectionPool with its settings, checks and counters."""
+
+import asyncio
+import logging
+import weakref
+from collections import Counter
+from time import monotonic
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from fastapi_dbpool._redact import mask_conninfo, redact
+from fastapi_dbpool.errors import (
+    UNAVAILABLE_REASONS,
+    PoolStartupError,
+    UnavailableReason,
+    unavailable_reason,
+)
+from fastapi_dbpool.settings import PoolSettings
+
+logger = logging.getLogger("fastapi_dbpool")
+
+Conn = AsyncConnection[Any]
+
+# Checks of the whole pool after a lost connection, at most this often (seconds).
+_CHECK_INTERVAL = 1.0
+
+
+class DatabasePool:
+    """An AsyncConnectionPool built from PoolSettings, with startup, health and 503 bookkeeping.
+
+    The lifespan creates one per app and stores it on ``app.state.dbpool``; endpoints reach
+    it through ``get_pool`` (the psycopg pool) or the connection dependencies.
+    """
+
+    def __init__(self, settings: PoolSettings) -> None:
+        self.settings = settings
+        self.unavailable: Counter[UnavailableReason] = Counter(
+            dict.fromkeys(UNAVAILABLE_REASONS, 0)
+        )
+        self._secrets = settings.secrets()
+        self._idle_since: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
+        self._last_check = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            settings.conninfo(),
+            kwargs=settings.connect_kwargs(),
+            min_size=settings.min_size,
+            max_size=settings.max_size,
+            max_waiting=settings.max_waiting,
+            timeout=settings.timeout,
+            max_idle=settings.max_idle,
+            max_lifetime=settings.max_lifetime,
+            reconnect_timeout=settings.reconnect_timeout,
+            num_workers=settings.num_workers,
+            name=settings.name,
+            open=False,
+            configure=self._mark_idle,
+            reset=self._mark_idle,
+            check=None if settings.check == "never" else self._check,
+            reconnect_failed=self._reconnect_failed,
+        )
+
+    def __repr__(self) -> str:
+        return f"<DatabasePool {self.settings.name!r} {self.target()} {self.state}>"
+
+    @property
+    def state(self) -> str:
+        """'closed', or 'open' while the pool serves."""
+        return "closed" if self.pool.closed else "open"
+
+    def target(self) -> str:
+        """Where the pool connects, for operators' logs: user@host:port/dbname, no password."""
+        params = conninfo_to_dict(self.settings.conninfo())
+        host = params.get("host") or params.get("hostaddr") or "localhost"
+        port = params.get("port") or "5432"
+        user = params.get("user") or "(default user)"
+        dbname = params.get("dbname") or "(default db)"
+        return f"{user}@{host}:{port}/{dbname}"
+
+    def redact(self, text: str) -> str:
+        """text with every form of this pool's password masked."""
+        return redact(mask_conninfo(text), self._secrets)
+
+    async def open(self) -> None:
+        """Open the pool; fail fast with a clear reason unless settings.fail_fast is off."""
+        try:
+            await self._probe()
+        except PoolStartupError as exc:
+            if self.settings.fail_fast:
+                raise
+            logger.warning("%s; starting degraded (DBPOOL_FAIL_FAST=false)", exc)
+            await self.pool.open(wait=False)
+            return
+        await self.pool.open(wait=False)
+        try:
+            await self.pool.wait(timeout=self.settings.open_timeout)
+        except PoolTimeout:
+            if self.settings.fail_fast:
+                await self.pool.close()
+                raise PoolStartupError(
+                    f"could not open DBPOOL_MIN_SIZE ({self.settings.min_size}) connections to "
+                    f"{self.target()} within DBPOOL_OPEN_TIMEOUT ({self.settings.open_timeout} s): "
+                    "raise DBPOOL_OPEN_TIMEOUT or lower DBPOOL_MIN_SIZE"
+                ) from None
+            await self.pool.open(wait=False)
+            logger.warning("pool %r did not fill in time; starting degraded", self.settings.name)
+            return
+        logger.info(
+            "pool %r opened to %s (min_size=%d, max_size=%d)",
+            self.settings.name, self.target(), self.settings.min_size, self.settings.max_size,
+        )
+
+    async def close(self) -> None:
+        """Close the pool and every idle connection; connections in use close on return."""
+        for task in list(self._tasks):
+            task.cancel()
+        await self.pool.close(timeout=self.settings.close_timeout)
+        logger.info("pool %r closed", self.settings.name)
+
+    async def ping(self) -> str | None:
+        """Run a trivial query within health_timeout; None if it worked, else why not."""
+        timeout = self.settings.health_timeout
+        try:
+            await asyncio.wait_for(self._select_one(timeout), timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            return "timeout"
+        except Exception as exc:
+            reason = unavailable_reason(exc)
+            if reason == "connection_lost" or isinstance(exc, psycopg.Error):
+                self.lost_connection()
+                return "unreachable"
+            return "timeout" if reason is None else reason
+        return None
+
+    async def _select_one(self, timeout: float) -> None:
+        async with self.pool.connection(timeout=timeout) as conn:
+            await conn.execute("SELECT 1")
+
+    def count_unavailable(self, reason: UnavailableReason) -> None:
+        """Count one 503 answer, and check the idle connections if the cause was a lost one."""
+        self.unavailable[reason] += 1
+        if reason == "connection_lost":
+            self.lost_connection()
+
+    def lost_connection(self) -> None:
+        """A connection died: check the idle ones in the background, so the next request
+        gets a live one (at most once a second)."""
+        now = monotonic()
+        if now - self._last_check < _CHECK_INTERVAL or self.pool.closed:
+            return
+        self._last_check = now
+        task = asyncio.get_running_loop().create_task(self._check_pool())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _check_pool(self) -> None:
+        try:
+            await self.pool.check()
+        except Exception as exc:  # the pool may be closing; nothing to heal then
+            logger.debug("pool check failed: %s", self.redact(str(exc)))
+
+    async def _probe(self) -> None:
+        try:
+            conn = await AsyncConnection.connect(
+                self.settings.conninfo(), **self.settings.connect_kwargs()
+            )
+        except psycopg.Error as exc:
+            raise PoolStartupError(self._explain_connect_error(exc)) from None
+        await conn.close()
+
+    def _explain_connect_error(self, exc: psycopg.Error) -> str:
+        message = self.redact(str(exc).strip())
+        lowered = message.lower()
+        if "password authentication failed" in lowered or "no password supplied" in lowered:
+            hint = "check the password in DBPOOL_URL (or DATABASE_URL, DBPOOL_PASSWORD)"
+        elif "database" in lowered and "does not exist" in lowered:
+            hint = "create the database, or fix its name in DBPOOL_URL (or DATABASE_URL)"
+        elif "role" in lowered and "does not exist" in lowered:
+            hint = "create the role, or fix the user name in DBPOOL_URL (or DATABASE_URL)"
+        else:
+            hint = (
+                "check that PostgreSQL is running and reachable at the host and port of "
+                "DBPOOL_URL (or DATABASE_URL)"
+            )
+        return f"cannot connect to {self.target()}: {message} ({hint})"
+
+    async def _mark_idle(self, conn: Conn) -> None:
+        self._idle_since[conn] = monotonic()
+
+    async def _check(self, conn: Conn) -> None:
+        idle = monotonic() - self._idle_since.get(conn, 0.0)
+        if self.settings.check == "always" or idle >= self.settings.check_idle_after:
+            await AsyncConnectionPool.check_connection(conn)
+
+    async def _reconnect_failed(self, pool: AsyncConnectionPool[Conn]) -> None:
+        logger.error(
+            "pool %r: could not connect to %s for DBPOOL_RECONNECT_TIMEOUT (%s s); "
+            "it keeps trying when requests need connections",
+            self.settings.name, self.target(), self.settings.reconnect_timeout,
+        )

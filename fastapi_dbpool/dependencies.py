@@ -1,0 +1,131 @@
+"""get_pool, get_conn and get_stream_conn, with their Annotated aliases."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, NoReturn
+
+import psycopg
+from fastapi import Depends, HTTPException
+from psycopg import AsyncConnection
+from psycopg import errors as pg_errors
+from psycopg_pool import AsyncConnectionPool
+from starlette.requests import HTTPConnection
+
+from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.errors import (
+    CommitFailed,
+    DatabaseUnavailable,
+    QueryTimeout,
+    unavailable_reason,
+)
+
+logger = logging.getLogger("fastapi_dbpool")
+
+STATE_KEY = "dbpool"
+
+
+def get_database(request: HTTPConnection) -> DatabasePool:
+    """The DatabasePool the app's lifespan opened."""
+    database = getattr(request.state, STATE_KEY, None)
+    if database is None:
+        database = getattr(request.app.state, STATE_KEY, None)
+    if not isinstance(database, DatabasePool):
+        raise RuntimeError(
+            "no database pool on this app: create it with FastAPI(lifespan=pool_lifespan) "
+            "or FastAPI(lifespan=create_pool_lifespan(settings))"
+        )
+    return database
+
+
+def get_pool(request: HTTPConnection) -> AsyncConnectionPool[AsyncConnection[Any]]:
+    """The app's psycopg AsyncConnectionPool, for endpoints that manage connections themselves."""
+    return get_database(request).pool
+
+
+@asynccontextmanager
+async def transaction(database: DatabasePool) -> AsyncIterator[AsyncConnection[Any]]:
+    """A pooled connection in a transaction: commit on success, roll back on error.
+
+    Pool and connection errors come out as HTTP answers (503, 504, 500 for a failed commit);
+    every other error passes unchanged, after the rollback.
+    """
+    conn: AsyncConnection[Any] | None = None
+    try:
+        async with database.pool.connection() as conn:
+            try:
+                yield conn
+            except Exception as exc:
+                _reraise(database, exc, conn)
+            try:
+                await conn.commit()
+            except psycopg.Error as exc:
+                if _translate(database, exc, conn) is exc:
+                    logger.warning(
+                        "commit failed (%s, SQLSTATE %s); answering 500",
+                        type(exc).__name__, exc.sqlstate,
+                    )
+                    raise CommitFailed() from exc
+                _reraise(database, exc, conn)
+    except HTTPException:
+        raise
+    except Exception as exc:
+        _reraise(database, exc, conn)
+
+
+def _reraise(database: DatabasePool, exc: Exception, conn: AsyncConnection[Any] | None) -> NoReturn:
+    translated = _translate(database, exc, conn)
+    if translated is exc:
+        raise exc
+    raise translated from exc
+
+
+def _translate(
+    database: DatabasePool, exc: Exception, conn: AsyncConnection[Any] | None
+) -> Exception:
+    """The HTTP answer for a pool or connection error; other errors pass unchanged."""
+    if isinstance(exc, pg_errors.QueryCanceled):
+        return QueryTimeout()
+    reason = unavailable_reason(exc, conn)
+    if reason is None:
+        return exc
+    database.count_unavailable(reason)
+    logger.warning(
+        "answering 503 (%s): %s", reason, database.redact(f"{type(exc).__name__}: {exc}")
+    )
+    return DatabaseUnavailable(reason, database.settings.retry_after)
+
+
+async def _function_scoped(request: HTTPConnection) -> AsyncIterator[AsyncConnection[Any]]:
+    async with transaction(get_database(request)) as conn:
+        yield conn
+
+
+async def get_conn(
+    conn: Annotated[AsyncConnection[Any], Depends(_function_scoped, scope="function")],
+) -> AsyncConnection[Any]:
+    """A pooled connection in a transaction, committed before the response is sent.
+
+    The transaction commits when the endpoint returns and rolls back when it raises; the
+    connection is back in the pool before the response body is written, so a failed commit
+    answers 500 and slow clients hold no connection. Pool timeouts, a full queue and lost
+    connections answer 503 with Retry-After.
+    """
+    return conn
+
+
+async def get_stream_conn(request: HTTPConnection) -> AsyncIterator[AsyncConnection[Any]]:
+    """A pooled connection held until the response has been sent, for streaming responses.
+
+    The transaction commits after the last chunk is sent (an error then can only be logged),
+    and the connection is taken for the whole response: use it only where the body itself
+    reads from the database.
+    """
+    async with transaction(get_database(request)) as conn:
+        yield conn
+
+
+PoolDep = Annotated[AsyncConnectionPool[AsyncConnection[Any]], Depends(get_pool)]
+ConnDep = Annotated[AsyncConnection[Any], Depends(get_conn)]
+StreamConnDep = Annotated[AsyncConnection[Any], Depends(get_stream_conn)]
+DatabaseDep = Annotated[DatabasePool, Depends(get_database)]

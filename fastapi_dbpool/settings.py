@@ -1,0 +1,233 @@
+"""PoolSettings: every pool option, its environment variable, its default and its checks."""
+
+import math
+from typing import Any, Literal
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fastapi_dbpool._redact import passwords_in, redact
+
+ENV_PREFIX = "DBPOOL_"
+
+CheckMode = Literal["always", "idle", "never"]
+
+
+class SettingsError(ValueError):
+    """Invalid pool settings; the message names each environment variable and how to fix it."""
+
+
+class PoolSettings(BaseSettings):
+    """Settings of one connection pool, read from the environment (``DBPOOL_*``) and ``.env``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        hide_input_in_errors=True,
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    url: SecretStr = Field(
+        validation_alias=AliasChoices("url", "DBPOOL_URL", "DATABASE_URL"),
+        description="PostgreSQL connection string (URI or key=value); "
+        "read from DBPOOL_URL, else DATABASE_URL.",
+    )
+    password: SecretStr | None = Field(
+        None, description="Password, if you keep it out of the URL."
+    )
+    name: str = Field("fastapi_dbpool", min_length=1, description="Pool name, in logs and stats.")
+    application_name: str = Field(
+        "fastapi_dbpool",
+        max_length=63,
+        description="application_name of every connection (see pg_stat_activity), "
+        "unless the URL sets one.",
+    )
+    min_size: int = Field(2, ge=0, description="Connections kept open even when idle.")
+    max_size: int = Field(10, ge=1, description="Most connections the pool opens.")
+    max_waiting: int = Field(
+        0, ge=0,
+        description="Most requests queued for a connection; more get 503 at once. 0: no cap.",
+    )
+    timeout: float = Field(
+        5.0, gt=0, allow_inf_nan=False,
+        description="Seconds a request waits for a connection before it gets 503.",
+    )
+    max_idle: float = Field(
+        600.0, gt=0, allow_inf_nan=False,
+        description="Seconds an idle connection above min_size stays open.",
+    )
+    max_lifetime: float = Field(
+        3600.0, gt=0, allow_inf_nan=False,
+        description="Seconds after which a connection is replaced.",
+    )
+    reconnect_timeout: float = Field(
+        300.0, gt=0, allow_inf_nan=False,
+        description="Seconds the pool retries a failing connection attempt before reporting it.",
+    )
+    num_workers: int = Field(
+        3, ge=1, description="Background workers that open and close connections."
+    )
+    check: CheckMode = Field(
+        "idle",
+        description="Check a connection at checkout: always, never, or only when it has been "
+        "idle longer than check_idle_after (a round trip saved on busy connections).",
+    )
+    check_idle_after: float = Field(
+        1.0, ge=0, allow_inf_nan=False,
+        description="With check=idle: seconds of idleness after which a connection is checked.",
+    )
+    open_timeout: float = Field(
+        10.0, gt=0, allow_inf_nan=False,
+        description="Seconds startup waits for min_size connections.",
+    )
+    fail_fast: bool = Field(
+        True,
+        description="Refuse to start when the database cannot be reached; if false, start "
+        "degraded (health 503) and connect when the database comes up.",
+    )
+    connect_timeout: int = Field(
+        5, ge=1, description="Seconds libpq waits for one connection attempt (connect_timeout)."
+    )
+    statement_timeout: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="Seconds after which the server cancels a statement; unset: server default.",
+    )
+    idle_in_transaction_timeout: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="Seconds after which the server ends a session idle in a transaction.",
+    )
+    prepare_threshold: int | None = Field(
+        5, ge=0,
+        description="Executions before psycopg prepares a statement server-side; "
+        "unset (empty) disables prepared statements (needed behind PgBouncer transaction mode).",
+    )
+    health_timeout: float = Field(
+        2.0, gt=0, allow_inf_nan=False, description="Seconds /health/db waits before answering 503."
+    )
+    close_timeout: float = Field(
+        10.0, gt=0, allow_inf_nan=False,
+        description="Seconds shutdown waits for the pool's workers before closing anyway.",
+    )
+    retry_after: int = Field(
+        1, ge=0, description="Retry-After seconds sent with 503 answers."
+    )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(_explain(exc)) from None
+
+    @field_validator("prepare_threshold", "statement_timeout", "idle_in_transaction_timeout",
+                     "password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("url")
+    @classmethod
+    def _parse_url(cls, value: SecretStr) -> SecretStr:
+        conninfo = value.get_secret_value()
+        if not conninfo.strip():
+            raise ValueError("is empty")
+        try:
+            conninfo_to_dict(conninfo)
+        except psycopg.Error as exc:
+            reason = redact(str(exc).strip(), passwords_in(conninfo))
+            raise ValueError(
+                f"is not a valid PostgreSQL connection string ({reason}); use "
+                "postgresql://user:password@host:5432/dbname and percent-encode special "
+                "characters in the password (@ as %40, : as %3A, % as %25)"
+            ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _sizes_agree(self) -> "PoolSettings":
+        if self.min_size > self.max_size:
+            raise ValueError(
+                f"{ENV_PREFIX}MIN_SIZE ({self.min_size}) is larger than "
+                f"{ENV_PREFIX}MAX_SIZE ({self.max_size}): lower {ENV_PREFIX}MIN_SIZE or raise "
+                f"{ENV_PREFIX}MAX_SIZE"
+            )
+        return self
+
+    def conninfo(self) -> str:
+        """The connection string, secret included: for psycopg only, never for output."""
+        return self.url.get_secret_value()
+
+    def secrets(self) -> set[str]:
+        """Every secret these settings hold, in the forms a message could show it."""
+        found = passwords_in(self.conninfo())
+        if self.password is not None:
+            found.add(self.password.get_secret_value())
+        return found
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for psycopg's connect, on top of the URL."""
+        url_params = conninfo_to_dict(self.conninfo())
+        kwargs: dict[str, Any] = {
+            "connect_timeout": self.connect_timeout,
+            "prepare_threshold": self.prepare_threshold,
+        }
+        if "application_name" not in url_params:
+            kwargs["application_name"] = self.application_name
+        if self.password is not None:
+            kwargs["password"] = self.password.get_secret_value()
+        options = [str(url_params["options"])] if url_params.get("options") else []
+        if self.statement_timeout is not None:
+            options.append(f"-c statement_timeout={_ms(self.statement_timeout)}")
+        if self.idle_in_transaction_timeout is not None:
+            options.append(
+                f"-c idle_in_transaction_session_timeout={_ms(self.idle_in_transaction_timeout)}"
+            )
+        if options:
+            kwargs["options"] = " ".join(options)
+        return kwargs
+
+
+def env_var(field: str) -> str:
+    """The environment variable that sets a field."""
+    return "DBPOOL_URL (or DATABASE_URL)" if field == "url" else f"{ENV_PREFIX}{field.upper()}"
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        message = error["msg"].removeprefix("Value error, ")
+        if field in ("DBPOOL_URL", "DATABASE_URL"):
+            field = "url"
+        if not field:
+            lines.append(message)
+        elif error["type"] == "missing":
+            lines.append(
+                f"{env_var(field)} is not set: set it to postgresql://user:password@host:5432/dbname"
+            )
+        else:
+            lines.append(f"{env_var(field)}{_fix(field, message)}")
+    return "invalid database pool settings:\n  " + "\n  ".join(lines)
+
+
+def _fix(field: str, message: str) -> str:
+    if field == "url":
+        return f" {message}"
+    info = PoolSettings.model_fields.get(field)
+    if info is None or info.default is None:
+        return f": {message}"
+    return f": {message} (e.g. {env_var(field)}={info.default}, the default)"

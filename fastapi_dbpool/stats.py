@@ -1,0 +1,74 @@
+"""The /pool/stats and /health/db bodies: pydantic models used as response models."""
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from fastapi_dbpool.database import DatabasePool
+
+
+class PoolCounters(BaseModel):
+    """psycopg-pool's own counters, under its own names, every one present even at 0."""
+
+    pool_min: int = Field(description="min_size of the pool.")
+    pool_max: int = Field(description="max_size of the pool.")
+    pool_size: int = Field(description="Connections the pool holds now, in use or idle.")
+    pool_available: int = Field(description="Idle connections ready to be handed out.")
+    requests_waiting: int = Field(description="Requests waiting for a connection now.")
+    requests_num: int = Field(0, description="Connection requests since the pool opened.")
+    requests_queued: int = Field(0, description="Requests that had to wait for a connection.")
+    requests_wait_ms: int = Field(0, description="Total time requests spent waiting (ms).")
+    requests_errors: int = Field(0, description="Requests that failed: timeout, queue full.")
+    usage_ms: int = Field(0, description="Total time connections were in use (ms).")
+    returns_bad: int = Field(0, description="Connections returned broken or in a bad state.")
+    connections_num: int = Field(0, description="Connections opened since the pool opened.")
+    connections_ms: int = Field(0, description="Total time spent opening connections (ms).")
+    connections_errors: int = Field(0, description="Failed connection attempts.")
+    connections_lost: int = Field(0, description="Connections found broken by a check.")
+
+
+class Unavailable(BaseModel):
+    """503 answers given by this package, by cause."""
+
+    pool_timeout: int = 0
+    queue_full: int = 0
+    pool_closed: int = 0
+    connection_lost: int = 0
+
+
+class PoolStats(BaseModel):
+    """A snapshot of the pool: the friendly view first, then psycopg-pool's counters."""
+
+    name: str = Field(description="The pool's name (DBPOOL_NAME).")
+    status: Literal["open", "closed"]
+    total: int = Field(description="Connections open now (pool_size).")
+    free: int = Field(description="Idle connections (pool_available).")
+    in_use: int = Field(description="Connections lent to requests (total - free).")
+    waiting: int = Field(description="Requests waiting for a connection (requests_waiting).")
+    counters: PoolCounters
+    unavailable: Unavailable = Field(description="503 answers by cause.")
+
+
+class Health(BaseModel):
+    """The /health/db body: a fixed status and reason, never a server message."""
+
+    status: Literal["ok", "unavailable"]
+    reason: str | None = Field(
+        None, description="Why the database is unavailable: timeout, unreachable, pool_closed, ..."
+    )
+    latency_ms: float | None = Field(None, description="Round trip of the check query.")
+
+
+def snapshot(database: DatabasePool) -> PoolStats:
+    """Read the pool's counters without resetting them (get_stats, not pop_stats)."""
+    counters = PoolCounters.model_validate(database.pool.get_stats())
+    return PoolStats(
+        name=database.settings.name,
+        status="closed" if database.pool.closed else "open",
+        total=counters.pool_size,
+        free=counters.pool_available,
+        in_use=max(0, counters.pool_size - counters.pool_available),
+        waiting=counters.requests_waiting,
+        counters=counters,
+        unavailable=Unavailable.model_validate(dict(database.unavailable)),
+    )
