@@ -1,0 +1,154 @@
+"""PoolSettings: environment, .env, defaults, and messages that name the variable."""
+
+from pathlib import Path
+
+import pytest
+
+from fastapi_dbpool import PoolSettings, SettingsError
+
+URL = "postgresql://app:hunter2-SENTINEL@db.internal:5432/app"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No DBPOOL_* or DATABASE_URL from the outside, and no stray .env."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("DBPOOL_") or name == "DATABASE_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def load_error(**env: str) -> str:
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        with pytest.raises(SettingsError) as caught:
+            PoolSettings()
+    return str(caught.value)
+
+
+def test_reads_dbpool_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DBPOOL_URL", URL)
+    monkeypatch.setenv("DBPOOL_MIN_SIZE", "3")
+    monkeypatch.setenv("DBPOOL_MAX_SIZE", "7")
+    monkeypatch.setenv("DBPOOL_TIMEOUT", "2.5")
+    monkeypatch.setenv("DBPOOL_CHECK", "always")
+    settings = PoolSettings()
+    assert (settings.min_size, settings.max_size, settings.timeout) == (3, 7, 2.5)
+    assert settings.check == "always"
+    assert settings.conninfo() == URL
+
+
+def test_database_url_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", URL)
+    assert PoolSettings().conninfo() == URL
+
+
+def test_dbpool_url_wins_over_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://other@elsewhere/db")
+    monkeypatch.setenv("DBPOOL_URL", URL)
+    assert PoolSettings().conninfo() == URL
+
+
+def test_reads_dot_env(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f"DATABASE_URL={URL}\nDBPOOL_MAX_SIZE=12\n")
+    settings = PoolSettings()
+    assert settings.conninfo() == URL
+    assert settings.max_size == 12
+
+
+def test_defaults_are_sensible_for_a_web_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", URL)
+    settings = PoolSettings()
+    assert settings.min_size <= settings.max_size
+    assert settings.timeout < 30  # an HTTP client should not wait psycopg's 30 s default
+    assert settings.fail_fast is True
+    assert settings.check == "idle"
+
+
+def test_missing_url_says_what_to_set() -> None:
+    message = load_error()
+    assert "DBPOOL_URL (or DATABASE_URL) is not set" in message
+    assert "postgresql://user:password@host:5432/dbname" in message
+
+
+def test_min_size_larger_than_max_size_names_both() -> None:
+    message = load_error(DATABASE_URL=URL, DBPOOL_MIN_SIZE="12", DBPOOL_MAX_SIZE="10")
+    assert "DBPOOL_MIN_SIZE (12) is larger than DBPOOL_MAX_SIZE (10)" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("DBPOOL_MAX_SIZE", "abc", "DBPOOL_MAX_SIZE: Input should be a valid integer"),
+        ("DBPOOL_MAX_SIZE", "0", "DBPOOL_MAX_SIZE: Input should be greater than or equal to 1"),
+        ("DBPOOL_MIN_SIZE", "-1", "DBPOOL_MIN_SIZE: Input should be greater than or equal to 0"),
+        ("DBPOOL_TIMEOUT", "0", "DBPOOL_TIMEOUT: Input should be greater than 0"),
+        ("DBPOOL_TIMEOUT", "-3", "DBPOOL_TIMEOUT: Input should be greater than 0"),
+        ("DBPOOL_TIMEOUT", "nan", "DBPOOL_TIMEOUT: Input should be a finite number"),
+        ("DBPOOL_MAX_LIFETIME", "inf", "DBPOOL_MAX_LIFETIME: Input should be a finite number"),
+        ("DBPOOL_MAX_WAITING", "-1", "DBPOOL_MAX_WAITING: Input should be greater than or equal"),
+        ("DBPOOL_NUM_WORKERS", "0", "DBPOOL_NUM_WORKERS: Input should be greater than or equal"),
+        ("DBPOOL_RECONNECT_TIMEOUT", "0", "DBPOOL_RECONNECT_TIMEOUT: Input should be greater"),
+        ("DBPOOL_CHECK", "sometimes", "DBPOOL_CHECK: Input should be 'always', 'idle' or 'never'"),
+        ("DBPOOL_FAIL_FAST", "maybe", "DBPOOL_FAIL_FAST: Input should be a valid boolean"),
+    ],
+)
+def test_bad_value_names_the_variable_and_a_valid_example(name: str, value: str, expected: str) -> None:
+    message = load_error(DATABASE_URL=URL, **{name: value})
+    assert expected in message
+    assert f"(e.g. {name}=" in message
+    assert "hunter2" not in message
+
+
+def test_every_error_is_reported_at_once() -> None:
+    message = load_error(DATABASE_URL=URL, DBPOOL_MAX_SIZE="x", DBPOOL_TIMEOUT="-1")
+    assert "DBPOOL_MAX_SIZE" in message and "DBPOOL_TIMEOUT" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("postgresql://app:s3cr%zzet-SENTINEL@h/db", "invalid percent-encoded token"),
+        ("host=h password='unterminated-SENTINEL", "unterminated quoted string"),
+        ("host=h password=SENTINEL bogus=1", 'invalid connection option "bogus"'),
+    ],
+)
+def test_malformed_url_explains_without_the_secret(url: str, reason: str) -> None:
+    message = load_error(DBPOOL_URL=url)
+    assert "DBPOOL_URL (or DATABASE_URL) is not a valid PostgreSQL connection string" in message
+    assert reason in message
+    assert "SENTINEL" not in message and "s3cr" not in message
+
+
+def test_connect_kwargs_carry_the_connection_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = PoolSettings(
+        url=URL, statement_timeout=1.5, idle_in_transaction_timeout=10, prepare_threshold=None
+    )
+    kwargs = settings.connect_kwargs()
+    assert kwargs["application_name"] == "fastapi_dbpool"
+    assert kwargs["prepare_threshold"] is None
+    assert kwargs["options"] == (
+        "-c statement_timeout=1500 -c idle_in_transaction_session_timeout=10000"
+    )
+
+
+def test_application_name_in_the_url_is_respected() -> None:
+    settings = PoolSettings(url=URL + "?application_name=mine")
+    assert "application_name" not in settings.connect_kwargs()
+
+
+def test_empty_prepare_threshold_disables_prepared_statements(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", URL)
+    monkeypatch.setenv("DBPOOL_PREPARE_THRESHOLD", "")
+    assert PoolSettings().prepare_threshold is None
+
+
+def test_secrets_never_in_repr_or_dump() -> None:
+    settings = PoolSettings(url=URL, password="other-SENTINEL")
+    for text in (repr(settings), str(settings), settings.model_dump_json()):
+        assert "hunter2" not in text and "SENTINEL" not in text
