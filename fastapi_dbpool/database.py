@@ -111,7 +111,10 @@ class DatabasePool:
             return
         logger.info(
             "pool %r opened to %s (min_size=%d, max_size=%d)",
-            self.settings.name, self.target(), self.settings.min_size, self.settings.max_size,
+            self.settings.name,
+            self.target(),
+            self.settings.min_size,
+            self.settings.max_size,
         )
 
     async def close(self) -> None:
@@ -200,5 +203,7 @@ class DatabasePool:
         logger.error(
             "pool %r: could not connect to %s for DBPOOL_RECONNECT_TIMEOUT (%s s); "
             "it keeps trying when requests need connections",
-            self.settings.name, self.target(), self.settings.reconnect_timeout,
+            self.settings.name,
+            self.target(),
+            self.settings.reconnect_timeout,
         )

@@ -63,7 +63,8 @@ async def transaction(database: DatabasePool) -> AsyncIterator[AsyncConnection[A
                 if _translate(database, exc, conn) is exc:
                     logger.warning(
                         "commit failed (%s, SQLSTATE %s); answering 500",
-                        type(exc).__name__, exc.sqlstate,
+                        type(exc).__name__,
+                        exc.sqlstate,
                     )
                     raise CommitFailed() from exc
                 _reraise(database, exc, conn)

@@ -45,7 +45,5 @@ def create_pool_lifespan(
     return _lifespan
 
 
-pool_lifespan: Callable[[Any], AbstractAsyncContextManager[dict[str, Any]]] = (
-    create_pool_lifespan()
-)
+pool_lifespan: Callable[[Any], AbstractAsyncContextManager[dict[str, Any]]] = create_pool_lifespan()
 """The lifespan of the design card: ``FastAPI(lifespan=pool_lifespan)``, settings from env."""

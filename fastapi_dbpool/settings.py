@@ -44,9 +44,7 @@ class PoolSettings(BaseSettings):
         description="PostgreSQL connection string (URI or key=value); "
         "read from DBPOOL_URL, else DATABASE_URL.",
     )
-    password: SecretStr | None = Field(
-        None, description="Password, if you keep it out of the URL."
-    )
+    password: SecretStr | None = Field(None, description="Password, if you keep it out of the URL.")
     name: str = Field("fastapi_dbpool", min_length=1, description="Pool name, in logs and stats.")
     application_name: str = Field(
         "fastapi_dbpool",
@@ -57,23 +55,32 @@ class PoolSettings(BaseSettings):
     min_size: int = Field(2, ge=0, description="Connections kept open even when idle.")
     max_size: int = Field(10, ge=1, description="Most connections the pool opens.")
     max_waiting: int = Field(
-        0, ge=0,
+        0,
+        ge=0,
         description="Most requests queued for a connection; more get 503 at once. 0: no cap.",
     )
     timeout: float = Field(
-        5.0, gt=0, allow_inf_nan=False,
+        5.0,
+        gt=0,
+        allow_inf_nan=False,
         description="Seconds a request waits for a connection before it gets 503.",
     )
     max_idle: float = Field(
-        600.0, gt=0, allow_inf_nan=False,
+        600.0,
+        gt=0,
+        allow_inf_nan=False,
         description="Seconds an idle connection above min_size stays open.",
     )
     max_lifetime: float = Field(
-        3600.0, gt=0, allow_inf_nan=False,
+        3600.0,
+        gt=0,
+        allow_inf_nan=False,
         description="Seconds after which a connection is replaced.",
     )
     reconnect_timeout: float = Field(
-        300.0, gt=0, allow_inf_nan=False,
+        300.0,
+        gt=0,
+        allow_inf_nan=False,
         description="Seconds the pool retries a failing connection attempt before reporting it.",
     )
     num_workers: int = Field(
@@ -85,11 +92,15 @@ class PoolSettings(BaseSettings):
         "idle longer than check_idle_after (a round trip saved on busy connections).",
     )
     check_idle_after: float = Field(
-        1.0, ge=0, allow_inf_nan=False,
+        1.0,
+        ge=0,
+        allow_inf_nan=False,
         description="With check=idle: seconds of idleness after which a connection is checked.",
     )
     open_timeout: float = Field(
-        10.0, gt=0, allow_inf_nan=False,
+        10.0,
+        gt=0,
+        allow_inf_nan=False,
         description="Seconds startup waits for min_size connections.",
     )
     fail_fast: bool = Field(
@@ -101,15 +112,20 @@ class PoolSettings(BaseSettings):
         5, ge=1, description="Seconds libpq waits for one connection attempt (connect_timeout)."
     )
     statement_timeout: float | None = Field(
-        None, gt=0, allow_inf_nan=False,
+        None,
+        gt=0,
+        allow_inf_nan=False,
         description="Seconds after which the server cancels a statement; unset: server default.",
     )
     idle_in_transaction_timeout: float | None = Field(
-        None, gt=0, allow_inf_nan=False,
+        None,
+        gt=0,
+        allow_inf_nan=False,
         description="Seconds after which the server ends a session idle in a transaction.",
     )
     prepare_threshold: int | None = Field(
-        5, ge=0,
+        5,
+        ge=0,
         description="Executions before psycopg prepares a statement server-side; "
         "unset (empty) disables prepared statements (needed behind PgBouncer transaction mode).",
     )
@@ -117,12 +133,12 @@ class PoolSettings(BaseSettings):
         2.0, gt=0, allow_inf_nan=False, description="Seconds /health/db waits before answering 503."
     )
     close_timeout: float = Field(
-        10.0, gt=0, allow_inf_nan=False,
+        10.0,
+        gt=0,
+        allow_inf_nan=False,
         description="Seconds shutdown waits for the pool's workers before closing anyway.",
     )
-    retry_after: int = Field(
-        1, ge=0, description="Retry-After seconds sent with 503 answers."
-    )
+    retry_after: int = Field(1, ge=0, description="Retry-After seconds sent with 503 answers.")
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -130,8 +146,13 @@ class PoolSettings(BaseSettings):
         except ValidationError as exc:
             raise SettingsError(_explain(exc)) from None
 
-    @field_validator("prepare_threshold", "statement_timeout", "idle_in_transaction_timeout",
-                     "password", mode="before")
+    @field_validator(
+        "prepare_threshold",
+        "statement_timeout",
+        "idle_in_transaction_timeout",
+        "password",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

@@ -96,7 +96,9 @@ def test_min_size_larger_than_max_size_names_both() -> None:
         ("DBPOOL_FAIL_FAST", "maybe", "DBPOOL_FAIL_FAST: Input should be a valid boolean"),
     ],
 )
-def test_bad_value_names_the_variable_and_a_valid_example(name: str, value: str, expected: str) -> None:
+def test_bad_value_names_the_variable_and_a_valid_example(
+    name: str, value: str, expected: str
+) -> None:
     message = load_error(DATABASE_URL=URL, **{name: value})
     assert expected in message
     assert f"(e.g. {name}=" in message
