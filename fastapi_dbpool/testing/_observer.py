@@ -1,0 +1,86 @@
+"""Observer: a superuser connection outside the pool, reading pg_stat_activity."""
+
+import time
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+_BACKENDS = """
+    SELECT pid, state, backend_start, xact_start, query
+    FROM pg_stat_activity
+    WHERE backend_type = 'client backend' AND application_name = %s
+"""
+
+
+class Observer:
+    """What the server really holds, by application_name; reconnects after a restart."""
+
+    def __init__(self, admin_url: str) -> None:
+        self._url = admin_url
+        self._conn: psycopg.Connection[dict[str, Any]] | None = None
+
+    def __repr__(self) -> str:
+        return "<Observer>"
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """Run a statement in autocommit and return its rows (empty if it has none)."""
+        rows = self._query(sql, params)
+        return [tuple(row.values()) for row in rows]
+
+    def backends(self, application_name: str) -> list[dict[str, Any]]:
+        """The client backends with this application_name, one dict per backend."""
+        return self._query(_BACKENDS, (application_name,))
+
+    def count(self, application_name: str, state: str | None = None) -> int:
+        """How many backends have this application_name (and state, if given)."""
+        return sum(
+            1
+            for backend in self.backends(application_name)
+            if state is None or backend["state"] == state
+        )
+
+    def wait_for_count(self, application_name: str, expected: int, timeout: float = 5.0) -> int:
+        """Poll every 20 ms until the count is expected or timeout passes; the last count."""
+        deadline = time.monotonic() + timeout
+        while True:
+            count = self.count(application_name)
+            if count == expected or time.monotonic() >= deadline:
+                return count
+            time.sleep(0.02)
+
+    def terminate(self, application_name: str, state: str | None = None) -> int:
+        """pg_terminate_backend on those backends; how many were terminated."""
+        pids = [
+            backend["pid"]
+            for backend in self.backends(application_name)
+            if state is None or backend["state"] == state
+        ]
+        for pid in pids:
+            self._query("SELECT pg_terminate_backend(%s)", (pid,))
+        return len(pids)
+
+    def _query(self, sql: str, params: Any) -> list[dict[str, Any]]:
+        for attempt in range(2):
+            conn = self._connection()
+            try:
+                cur = conn.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+            except psycopg.OperationalError:
+                # The server was restarted under us: reconnect once.
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _connection(self) -> psycopg.Connection[dict[str, Any]]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                self._url, autocommit=True, row_factory=dict_row, connect_timeout=5
+            )
+        return self._conn

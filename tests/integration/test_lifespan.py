@@ -1,0 +1,160 @@
+"""The lifespan opens min_size connections, closes them all, composes, and fails fast."""
+
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
+
+from fastapi_dbpool import PoolStartupError, get_database
+from fastapi_dbpool.testing import DatabaseServer, Observer
+
+from .conftest import SettingsFactory, build_app
+
+ClientFor = Callable[[FastAPI], TestClient]
+
+
+def with_netloc(url: str, netloc: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_lifespan_opens_min_size_and_closes_every_connection(
+    make_settings: SettingsFactory, observer: Observer, unique_app_name: str
+) -> None:
+    app = build_app(make_settings(min_size=3, max_size=5))
+    assert observer.count(unique_app_name) == 0  # nothing at import or build time
+    with TestClient(app) as client:
+        assert observer.wait_for_count(unique_app_name, 3) == 3
+        assert client.get("/value").json() == {"value": 1}
+    assert observer.wait_for_count(unique_app_name, 0, timeout=2.0) == 0
+
+
+def test_app_can_start_twice_in_a_row(
+    make_settings: SettingsFactory, observer: Observer, unique_app_name: str
+) -> None:
+    app = build_app(make_settings())
+    for _ in range(2):
+        with TestClient(app) as client:
+            assert client.get("/value").status_code == 200
+    assert observer.wait_for_count(unique_app_name, 0, timeout=2.0) == 0
+
+
+def test_two_apps_have_their_own_pools(
+    make_settings: SettingsFactory,
+    client_for: ClientFor,
+    observer: Observer,
+    unique_app_name: str,
+) -> None:
+    first = client_for(build_app(make_settings(min_size=1, application_name=unique_app_name + "a")))
+    second = client_for(
+        build_app(make_settings(min_size=2, application_name=unique_app_name + "b"))
+    )
+    assert first.get("/pool/stats").json()["counters"]["pool_min"] == 1
+    assert second.get("/pool/stats").json()["counters"]["pool_min"] == 2
+    assert observer.wait_for_count(unique_app_name + "a", 1) == 1
+    assert observer.wait_for_count(unique_app_name + "b", 2) == 2
+
+
+def test_composes_with_the_apps_own_lifespan(make_settings: SettingsFactory) -> None:
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def own_lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        database = app.state.dbpool
+        async with database.pool.connection() as conn:
+            cur = await conn.execute("SELECT 41 + 1")
+            row = await cur.fetchone()
+        events.append(f"started with pool, query gave {row[0] if row else None}")
+        yield {"greeting": "hello"}
+        events.append(f"stopping, pool {database.state}")
+
+    app = build_app(make_settings(), lifespan=own_lifespan)
+
+    @app.get("/greeting")
+    async def greeting(request: Request) -> dict[str, Any]:
+        return {"greeting": request.state.greeting, "pool": get_database(request).state}
+
+    with TestClient(app) as client:
+        assert client.get("/greeting").json() == {"greeting": "hello", "pool": "open"}
+    assert events == ["started with pool, query gave 42", "stopping, pool open"]
+
+
+def test_startup_fails_fast_on_wrong_password(
+    make_settings: SettingsFactory, database_server: DatabaseServer
+) -> None:
+    parts = urlsplit(database_server.url)
+    wrong = with_netloc(
+        database_server.url, f"{parts.username}:wrong-password@{parts.hostname}:{parts.port}"
+    )
+    app = build_app(make_settings(url=wrong))
+    started = time.monotonic()
+    with pytest.raises(PoolStartupError) as caught, TestClient(app):
+        pass
+    assert time.monotonic() - started < 3
+    message = str(caught.value)
+    assert "password authentication failed" in message
+    assert "check the password in DBPOOL_URL" in message
+    assert "wrong-password" not in message
+
+
+def test_startup_fails_fast_on_missing_database(
+    make_settings: SettingsFactory, database_server: DatabaseServer
+) -> None:
+    url = urlunsplit(urlsplit(database_server.url)._replace(path="/no_such_db"))
+    with (
+        pytest.raises(PoolStartupError, match="create the database"),
+        TestClient(build_app(make_settings(url=url))),
+    ):
+        pass
+
+
+def test_startup_fails_fast_on_unreachable_server(
+    make_settings: SettingsFactory, database_server: DatabaseServer
+) -> None:
+    parts = urlsplit(database_server.url)
+    url = with_netloc(
+        database_server.url, f"{parts.username}:{parts.password}@127.0.0.1:{free_port()}"
+    )
+    started = time.monotonic()
+    with (
+        pytest.raises(PoolStartupError, match="check that PostgreSQL is running") as caught,
+        TestClient(build_app(make_settings(url=url))),
+    ):
+        pass
+    assert time.monotonic() - started < 3
+    assert database_server.password is None or database_server.password not in str(caught.value)
+
+
+def test_degraded_start_reports_unhealthy_and_recovers(
+    make_settings: SettingsFactory,
+    controllable_server: DatabaseServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    controllable_server.stop()
+    app = build_app(make_settings(fail_fast=False, min_size=1))
+    caplog.set_level(logging.WARNING, logger="fastapi_dbpool")
+    with TestClient(app) as client:
+        assert "starting degraded" in caplog.text
+        health = client.get("/health/db")
+        assert health.status_code == 503
+        assert health.json()["status"] == "unavailable"
+        controllable_server.start()
+        deadline = time.monotonic() + 15
+        while client.get("/health/db").status_code != 200:
+            assert time.monotonic() < deadline, "pool did not recover after the server came up"
+            time.sleep(0.2)
+        assert client.get("/value").json() == {"value": 1}

@@ -1,0 +1,112 @@
+"""/health/db and /pool/stats: in time, truthful, protectable, and never revealing."""
+
+import time
+from collections.abc import Callable
+
+import pytest
+from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi.testclient import TestClient
+
+from fastapi_dbpool import PoolCounters, create_pool_lifespan, pool_router
+from fastapi_dbpool.testing import DatabaseServer, Observer
+
+from .conftest import SettingsFactory, build_app
+
+ClientFor = Callable[[FastAPI], TestClient]
+
+
+def test_health_ok(make_settings: SettingsFactory, client_for: ClientFor) -> None:
+    response = client_for(build_app(make_settings())).get("/health/db")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert set(body) == {"status", "latency_ms"}
+
+
+def test_health_503_in_time_while_server_down_then_200_after_restart(
+    make_settings: SettingsFactory, client_for: ClientFor, controllable_server: DatabaseServer
+) -> None:
+    settings = make_settings(min_size=2, max_size=2, health_timeout=1.0)
+    client = client_for(build_app(settings))
+    assert client.get("/health/db").status_code == 200
+    controllable_server.stop(mode="immediate")
+    for _ in range(3):
+        started = time.monotonic()
+        response = client.get("/health/db")
+        elapsed = time.monotonic() - started
+        assert response.status_code == 503
+        assert response.json()["status"] == "unavailable"
+        assert set(response.json()) == {"status", "reason"}
+        assert elapsed <= settings.health_timeout + 1.0
+        # Stats must answer while the database is down.
+        assert client.get("/pool/stats").status_code == 200
+    controllable_server.start()
+    deadline = time.monotonic() + 10
+    while client.get("/health/db").status_code != 200:
+        assert time.monotonic() < deadline, "health did not recover after the server restarted"
+        time.sleep(0.2)
+    assert client.get("/value").json() == {"value": 1}
+
+
+def test_stats_has_every_counter_and_reading_resets_nothing(
+    make_settings: SettingsFactory, client_for: ClientFor, observer: Observer, unique_app_name: str
+) -> None:
+    client = client_for(build_app(make_settings(min_size=2, max_size=4)))
+    first = client.get("/pool/stats").json()
+    assert set(first["counters"]) == set(PoolCounters.model_fields)
+    assert first["counters"]["returns_bad"] == 0  # present even at zero
+    for _ in range(3):
+        assert client.get("/value").status_code == 200
+    second = client.get("/pool/stats").json()
+    third = client.get("/pool/stats").json()
+    assert second["counters"]["requests_num"] == first["counters"]["requests_num"] + 3
+    assert third["counters"]["requests_num"] == second["counters"]["requests_num"]
+    assert third["total"] == third["counters"]["pool_size"]
+    assert third["free"] == third["counters"]["pool_available"]
+    assert third["in_use"] == third["total"] - third["free"] == 0
+    assert third["waiting"] == 0
+    assert observer.wait_for_count(unique_app_name, third["total"]) == third["total"]
+
+
+def test_router_can_be_protected_by_the_apps_own_dependency(make_settings: SettingsFactory) -> None:
+    def require_token(x_token: str = Header(default="")) -> None:
+        if x_token != "letmein":
+            raise HTTPException(401, "missing or wrong X-Token")
+
+    app = FastAPI(lifespan=create_pool_lifespan(make_settings()))
+    app.include_router(pool_router, prefix="/internal", dependencies=[Depends(require_token)])
+    with TestClient(app) as client:
+        for path in ("/internal/health/db", "/internal/pool/stats"):
+            assert client.get(path).status_code == 401
+            assert client.get(path, headers={"X-Token": "letmein"}).status_code == 200
+        assert client.get("/health/db").status_code == 404
+        assert client.get("/pool/stats").status_code == 404
+
+
+def test_endpoints_are_in_openapi_with_response_models(make_settings: SettingsFactory) -> None:
+    app = build_app(make_settings())
+    paths = app.openapi()["paths"]
+    health = paths["/health/db"]["get"]["responses"]
+    assert health["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Health"
+    }
+    assert "503" in health
+    stats = paths["/pool/stats"]["get"]["responses"]["200"]
+    assert stats["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PoolStats"
+    }
+
+
+@pytest.mark.parametrize("path", ["/health/db", "/pool/stats"])
+def test_bodies_never_reveal_connection_details(
+    path: str,
+    make_settings: SettingsFactory,
+    client_for: ClientFor,
+    database_server: DatabaseServer,
+) -> None:
+    client = client_for(build_app(make_settings()))
+    text = client.get(path).text
+    for secret in filter(
+        None, [database_server.password, database_server.url, "127.0.0.1", "postgresql://"]
+    ):
+        assert secret not in text

@@ -1,0 +1,125 @@
+"""get_conn: commit before the response, rollback on error, connection lost -> 503."""
+
+import secrets
+from collections.abc import Callable
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from fastapi_dbpool.testing import DatabaseServer, Observer
+
+from .conftest import SettingsFactory, build_app, row_exists
+
+ClientFor = Callable[[FastAPI], TestClient]
+
+
+def new_id() -> int:
+    return secrets.randbelow(2**62)
+
+
+def test_committed_write_is_visible_when_the_response_arrives(
+    make_settings: SettingsFactory, client_for: ClientFor, database_server: DatabaseServer
+) -> None:
+    client = client_for(build_app(make_settings()))
+    item = new_id()
+    response = client.post(f"/items/{item}")
+    assert response.status_code == 200
+    # No wait, no retry: the commit happened before the response was sent.
+    assert row_exists(database_server.url, "items", item)
+
+
+def test_failed_commit_returns_5xx(
+    make_settings: SettingsFactory, client_for: ClientFor, database_server: DatabaseServer
+) -> None:
+    client = client_for(build_app(make_settings()))
+    child = new_id()
+    response = client.post(f"/children/{child}")
+    assert response.status_code == 500
+    assert response.json() == {"detail": "database commit failed; the transaction was rolled back"}
+    assert not row_exists(database_server.url, "children", child)
+    assert client.get("/value").json() == {"value": 1}
+
+
+def test_http_exception_rolls_back(
+    make_settings: SettingsFactory, client_for: ClientFor, database_server: DatabaseServer
+) -> None:
+    client = client_for(build_app(make_settings()))
+    item = new_id()
+    response = client.post(f"/items/{item}", params={"fail": "http"})
+    assert response.status_code == 409
+    assert not row_exists(database_server.url, "items", item)
+
+
+def test_handler_error_rolls_back_and_connection_is_reused(
+    make_settings: SettingsFactory,
+    client_for: ClientFor,
+    database_server: DatabaseServer,
+    observer: Observer,
+    unique_app_name: str,
+) -> None:
+    client = client_for(build_app(make_settings(min_size=1, max_size=1)))
+    pid_before = client.get("/pid").json()["pid"]
+    item = new_id()
+    response = client.post(f"/items/{item}", params={"fail": "error"})
+    assert response.status_code == 500
+    assert not row_exists(database_server.url, "items", item)
+    # Rolled back, not discarded: the same backend serves the next request.
+    assert client.get("/pid").json()["pid"] == pid_before
+    assert observer.count(unique_app_name, state="idle in transaction") == 0
+
+
+def test_connection_lost_mid_request_returns_503_and_pool_heals(
+    make_settings: SettingsFactory, client_for: ClientFor, observer: Observer, unique_app_name: str
+) -> None:
+    client = client_for(build_app(make_settings(min_size=1, max_size=2)))
+    response = client.get("/suicide")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json() == {
+        "detail": "database unavailable: the connection to the database was lost"
+    }
+    assert client.get("/value").json() == {"value": 1}
+    stats = client.get("/pool/stats").json()
+    assert stats["unavailable"]["connection_lost"] == 1
+    assert stats["counters"]["returns_bad"] >= 1
+    assert observer.wait_for_count(unique_app_name, stats["total"]) == stats["total"]
+
+
+def test_idle_connections_killed_are_replaced_before_requests_see_them(
+    make_settings: SettingsFactory, client_for: ClientFor, observer: Observer, unique_app_name: str
+) -> None:
+    client = client_for(build_app(make_settings(min_size=2, max_size=2, check_idle_after=0.0)))
+    assert observer.wait_for_count(unique_app_name, 2) == 2
+    assert observer.terminate(unique_app_name, state="idle") == 2
+    for _ in range(4):
+        assert client.get("/value").status_code == 200
+    assert client.get("/pool/stats").json()["counters"]["connections_lost"] == 2
+
+
+def test_statement_timeout_answers_504_and_connection_is_reused(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    client = client_for(build_app(make_settings(min_size=1, max_size=1, statement_timeout=0.2)))
+    pid_before = client.get("/pid").json()["pid"]
+    response = client.get("/sleep", params={"seconds": 5})
+    assert response.status_code == 504
+    assert "statement_timeout" in response.json()["detail"]
+    assert client.get("/pid").json()["pid"] == pid_before
+
+
+def test_plain_get_conn_returns_the_connection_before_the_body_streams(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    client = client_for(build_app(make_settings(min_size=1, max_size=2)))
+    # The body reports how many connections are in use while it is being sent.
+    assert client.get("/stream/plain").text == "0"
+
+
+def test_stream_conn_holds_one_connection_while_streaming(
+    make_settings: SettingsFactory, client_for: ClientFor, observer: Observer, unique_app_name: str
+) -> None:
+    client = client_for(build_app(make_settings(min_size=1, max_size=2)))
+    assert client.get("/stream/held").text == "0:1\n1:1\n2:1\n"
+    stats = client.get("/pool/stats").json()
+    assert stats["in_use"] == 0
+    assert observer.count(unique_app_name, state="idle in transaction") == 0
