@@ -74,6 +74,30 @@ async def transaction(database: DatabasePool) -> AsyncIterator[AsyncConnection[A
         _reraise(database, exc, conn)
 
 
+@asynccontextmanager
+async def autocommit(database: DatabasePool) -> AsyncIterator[AsyncConnection[Any]]:
+    """A pooled connection in autocommit: no BEGIN/COMMIT round trips; each statement commits.
+
+    The fast path for reads. Errors come out as in transaction(); the connection goes back to
+    the pool in its usual (transactional) mode.
+    """
+    conn: AsyncConnection[Any] | None = None
+    try:
+        async with database.pool.connection() as conn:
+            await conn.set_autocommit(True)
+            try:
+                yield conn
+            except Exception as exc:
+                _reraise(database, exc, conn)
+            finally:
+                if not conn.broken and not conn.closed:
+                    await conn.set_autocommit(False)
+    except HTTPException:
+        raise
+    except Exception as exc:
+        _reraise(database, exc, conn)
+
+
 def _reraise(database: DatabasePool, exc: Exception, conn: AsyncConnection[Any] | None) -> NoReturn:
     translated = _translate(database, exc, conn)
     if translated is exc:
@@ -102,6 +126,13 @@ async def _function_scoped(request: HTTPConnection) -> AsyncIterator[AsyncConnec
         yield conn
 
 
+async def _function_scoped_autocommit(
+    request: HTTPConnection,
+) -> AsyncIterator[AsyncConnection[Any]]:
+    async with autocommit(get_database(request)) as conn:
+        yield conn
+
+
 async def get_conn(
     conn: Annotated[AsyncConnection[Any], Depends(_function_scoped, scope="function")],
 ) -> AsyncConnection[Any]:
@@ -111,6 +142,17 @@ async def get_conn(
     connection is back in the pool before the response body is written, so a failed commit
     answers 500 and slow clients hold no connection. Pool timeouts, a full queue and lost
     connections answer 503 with Retry-After.
+    """
+    return conn
+
+
+async def get_read_conn(
+    conn: Annotated[AsyncConnection[Any], Depends(_function_scoped_autocommit, scope="function")],
+) -> AsyncConnection[Any]:
+    """A pooled connection in autocommit, for reads: one round trip per query, no BEGIN/COMMIT.
+
+    Each statement commits on its own, so use get_conn for anything that writes more than one
+    statement. Returned to the pool before the response is sent, like get_conn.
     """
     return conn
 
@@ -128,5 +170,6 @@ async def get_stream_conn(request: HTTPConnection) -> AsyncIterator[AsyncConnect
 
 PoolDep = Annotated[AsyncConnectionPool[AsyncConnection[Any]], Depends(get_pool)]
 ConnDep = Annotated[AsyncConnection[Any], Depends(get_conn)]
+ReadConnDep = Annotated[AsyncConnection[Any], Depends(get_read_conn)]
 StreamConnDep = Annotated[AsyncConnection[Any], Depends(get_stream_conn)]
 DatabaseDep = Annotated[DatabasePool, Depends(get_database)]

@@ -14,6 +14,7 @@ from fastapi_dbpool import (
     ConnDep,
     PoolDep,
     PoolSettings,
+    ReadConnDep,
     StreamConnDep,
     create_pool_lifespan,
     pool_router,
@@ -73,6 +74,29 @@ def build_app(settings: PoolSettings, **lifespan_kwargs: Any) -> FastAPI:
         cur = await conn.execute("SELECT 1")
         row = await cur.fetchone()
         return {"value": row[0] if row else None}
+
+    @app.get("/read")
+    async def read(conn: ReadConnDep) -> dict[str, Any]:
+        await conn.execute("SELECT 1")
+        return {
+            "autocommit": conn.autocommit,
+            "status": conn.info.transaction_status.name,
+            "pid": conn.info.backend_pid,
+        }
+
+    @app.get("/mode")
+    async def mode(conn: ConnDep) -> dict[str, Any]:
+        await conn.execute("SELECT 1")
+        return {
+            "autocommit": conn.autocommit,
+            "status": conn.info.transaction_status.name,
+            "pid": conn.info.backend_pid,
+        }
+
+    @app.post("/read/items/{item_id}")
+    async def write_in_autocommit(item_id: int, conn: ReadConnDep) -> None:
+        await conn.execute("INSERT INTO items (id, note) VALUES (%s, 'autocommit')", (item_id,))
+        raise HTTPException(409, "raised after an autocommit write")
 
     @app.get("/pid")
     async def pid(conn: ConnDep) -> dict[str, int]:

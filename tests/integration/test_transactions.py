@@ -123,3 +123,26 @@ def test_stream_conn_holds_one_connection_while_streaming(
     stats = client.get("/pool/stats").json()
     assert stats["in_use"] == 0
     assert observer.count(unique_app_name, state="idle in transaction") == 0
+
+
+def test_read_conn_runs_without_a_transaction_and_returns_the_connection_transactional(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    client = client_for(build_app(make_settings(min_size=1, max_size=1)))
+    read = client.get("/read").json()
+    assert read["autocommit"] is True
+    assert read["status"] == "IDLE"  # no BEGIN was sent
+    after = client.get("/mode").json()
+    assert after["pid"] == read["pid"]  # the same connection...
+    assert after["autocommit"] is False  # ...back in transactional mode
+    assert after["status"] == "INTRANS"
+
+
+def test_read_conn_writes_commit_statement_by_statement(
+    make_settings: SettingsFactory, client_for: ClientFor, database_server: DatabaseServer
+) -> None:
+    client = client_for(build_app(make_settings()))
+    item = new_id()
+    assert client.post(f"/read/items/{item}").status_code == 409
+    # Documented: in autocommit each statement commits on its own, even if the endpoint raises.
+    assert row_exists(database_server.url, "items", item)
