@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench docs clean
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ lint: install  ## ruff + mypy --strict
 
 bench: install  ## the benchmark harness (never part of make test)
 	$(BIN)/python -m bench
+
+docs: install  ## regenerate the settings tables in README.md and docs/configuration.md
+	$(BIN)/python -m fastapi_dbpool._docs --write README.md docs/configuration.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

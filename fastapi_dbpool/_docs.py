@@ -1,7 +1,11 @@
 """The configuration table of the docs, generated from PoolSettings so it never drifts.
 
-Run ``python -m fastapi_dbpool._docs`` to print it; a test checks docs/configuration.md.
+``python -m fastapi_dbpool._docs --write README.md docs/configuration.md`` (``make docs``)
+rewrites the table between the markers; a test checks that it is current.
 """
+
+import sys
+from pathlib import Path
 
 from pydantic.fields import FieldInfo
 
@@ -27,5 +31,21 @@ def settings_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+START = "<!-- settings-table:start -->\n"
+END = "<!-- settings-table:end -->"
+
+
+def with_table(text: str) -> str:
+    """text with the settings table between its markers replaced by the current one."""
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    return f"{head}{START}{settings_table()}{END}{tail}"
+
+
 if __name__ == "__main__":
-    print(settings_table(), end="")
+    if sys.argv[1:2] == ["--write"]:
+        for name in sys.argv[2:]:
+            path = Path(name)
+            path.write_text(with_table(path.read_text()))
+    else:
+        print(settings_table(), end="")

@@ -4,6 +4,8 @@ import re
 from collections.abc import Iterable
 from urllib.parse import quote, unquote, urlsplit
 
+from psycopg.conninfo import conninfo_to_dict
+
 MASK = "***"
 
 # key=value conninfo: password=secret or password='sec ret' (with \' escapes)
@@ -63,3 +65,13 @@ def mask_conninfo(text: str) -> str:
 
     text = _URI_USERINFO.sub(_mask_userinfo, text)
     return _KV_PASSWORD.sub(f"password={MASK}", text)
+
+
+def describe_conninfo(conninfo: str) -> str:
+    """Where a connection string points, for people: user@host:port/dbname, no password."""
+    params = conninfo_to_dict(conninfo)
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    port = params.get("port") or "5432"
+    user = params.get("user") or "(default user)"
+    dbname = params.get("dbname") or "(default db)"
+    return f"{user}@{host}:{port}/{dbname}"

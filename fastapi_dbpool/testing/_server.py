@@ -117,6 +117,10 @@ class EmbeddedPostgres:
         self._secrets_file = self.base / "credentials"
         self.admin_password, self.password = self._credentials()
         self._running = False
+        # Unix socket paths are limited to about 107 bytes: keep it short, outside data_dir.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="pgsock-"))
+        self._ensure_user()
+        self._chown(self._socket_dir)
         atexit.register(self.close)
 
     def __enter__(self) -> "EmbeddedPostgres":
@@ -158,19 +162,20 @@ class EmbeddedPostgres:
         """Initialize if needed, start, and wait until the server accepts connections."""
         if self._running:
             return
-        first_run = not (self.data / "PG_VERSION").exists()
-        if first_run:
+        if not (self.data / "PG_VERSION").exists():
             self._initdb()
+        elif self._pg_ctl_ok("status"):
+            # A server an earlier, killed run left on this data dir holds it: stop it first.
+            self._pg_ctl("stop", "-m", "fast")
         self._pg_ctl(
             "start",
             "-o",
-            f"-h 127.0.0.1 -p {self.port} -k {self.base}",
+            f"-h 127.0.0.1 -p {self.port} -k {self._socket_dir}",
             "-l",
             str(self.log),
         )
         self._running = True
-        if first_run:
-            self._create_app_role()
+        self._ensure_app_role()
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server; a no-op when it is not running."""
@@ -187,6 +192,7 @@ class EmbeddedPostgres:
             self.stop("fast")
         finally:
             atexit.unregister(self.close)
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
             if self._temporary:
                 shutil.rmtree(self.base, ignore_errors=True)
 
@@ -240,8 +246,12 @@ class EmbeddedPostgres:
             conf.write("\n# fastapi_dbpool.testing\n")
             conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
 
-    def _create_app_role(self) -> None:
+    def _ensure_app_role(self) -> None:
+        """Create the application role and database unless an earlier start did."""
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.APP_USER,))
+            if exists.fetchone():
+                return
             conn.execute(
                 psycopg.sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
                     psycopg.sql.Identifier(self.APP_USER), psycopg.sql.Literal(self.password)
@@ -253,7 +263,8 @@ class EmbeddedPostgres:
                 )
             )
 
-    def _prepare_owner(self) -> None:
+    def _ensure_user(self) -> None:
+        """PostgreSQL refuses to run as root: create the unprivileged user that runs it."""
         if self._user is None:
             return
         try:
@@ -271,6 +282,10 @@ class EmbeddedPostgres:
                 check=True,
                 capture_output=True,
             )
+
+    def _prepare_owner(self) -> None:
+        if self._user is None:
+            return
         # The server user must traverse every parent and own the cluster directory.
         for parent in self.base.resolve().parents:
             mode = parent.stat().st_mode
@@ -286,6 +301,13 @@ class EmbeddedPostgres:
 
     def _pg_ctl(self, *args: str) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-w", "-t", str(_PG_CTL_TIMEOUT), *args)
+
+    def _pg_ctl_ok(self, *args: str) -> bool:
+        try:
+            self._pg_ctl(*args)
+        except RuntimeError:
+            return False
+        return True
 
     def _run(self, program: str, *args: str) -> None:
         command = [str(self.bin / program), *args]

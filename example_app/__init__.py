@@ -1,0 +1,1 @@
+"""The users API of the tutorial, on fastapi_dbpool: ``python -m example_app`` serves it."""
