@@ -9,10 +9,9 @@ from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
-from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from fastapi_dbpool._redact import mask_conninfo, redact
+from fastapi_dbpool._redact import describe_conninfo, mask_conninfo, redact
 from fastapi_dbpool.errors import (
     UNAVAILABLE_REASONS,
     PoolStartupError,
@@ -27,6 +26,8 @@ Conn = AsyncConnection[Any]
 
 # Checks of the whole pool after a lost connection, at most this often (seconds).
 _CHECK_INTERVAL = 1.0
+# While the database is unreachable, the healer asks the pool to reconnect this often.
+_HEAL_INTERVAL = 1.0
 
 
 class DatabasePool:
@@ -45,6 +46,7 @@ class DatabasePool:
         self._idle_since: weakref.WeakKeyDictionary[Conn, float] = weakref.WeakKeyDictionary()
         self._last_check = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._healer: asyncio.Task[None] | None = None
         self.pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             settings.conninfo(),
             kwargs=settings.connect_kwargs(),
@@ -74,12 +76,7 @@ class DatabasePool:
 
     def target(self) -> str:
         """Where the pool connects, for operators' logs: user@host:port/dbname, no password."""
-        params = conninfo_to_dict(self.settings.conninfo())
-        host = params.get("host") or params.get("hostaddr") or "localhost"
-        port = params.get("port") or "5432"
-        user = params.get("user") or "(default user)"
-        dbname = params.get("dbname") or "(default db)"
-        return f"{user}@{host}:{port}/{dbname}"
+        return describe_conninfo(self.settings.conninfo())
 
     def redact(self, text: str) -> str:
         """text with every form of this pool's password masked."""
@@ -119,8 +116,9 @@ class DatabasePool:
 
     async def close(self) -> None:
         """Close the pool and every idle connection; connections in use close on return."""
-        for task in list(self._tasks):
-            task.cancel()
+        for task in [*self._tasks, self._healer]:
+            if task is not None:
+                task.cancel()
         await self.pool.close(timeout=self.settings.close_timeout)
         logger.info("pool %r closed", self.settings.name)
 
@@ -200,10 +198,31 @@ class DatabasePool:
             await AsyncConnectionPool.check_connection(conn)
 
     async def _reconnect_failed(self, pool: AsyncConnectionPool[Conn]) -> None:
-        logger.error(
-            "pool %r: could not connect to %s for DBPOOL_RECONNECT_TIMEOUT (%s s); "
-            "it keeps trying when requests need connections",
-            self.settings.name,
-            self.target(),
-            self.settings.reconnect_timeout,
-        )
+        # psycopg gives up on a connection after reconnect_timeout and never replaces it by
+        # itself (psycopg #370, #1315): the healer tops the pool up again, however long the
+        # outage lasts.
+        if self._healer is None or self._healer.done():
+            logger.error(
+                "pool %r: cannot connect to %s (gave up after DBPOOL_RECONNECT_TIMEOUT, %s s); "
+                "reconnecting every %s s until it answers",
+                self.settings.name,
+                self.target(),
+                self.settings.reconnect_timeout,
+                _HEAL_INTERVAL,
+            )
+            self._healer = asyncio.get_running_loop().create_task(self._heal())
+
+    async def _heal(self) -> None:
+        """Until the pool holds min_size connections again, ask it to grow every interval."""
+        started = monotonic()
+        while not self.pool.closed:
+            await asyncio.sleep(_HEAL_INTERVAL)
+            if self.pool.get_stats().get("pool_size", 0) >= self.settings.min_size:
+                logger.warning(
+                    "pool %r reconnected to %s after %.1f s",
+                    self.settings.name,
+                    self.target(),
+                    monotonic() - started,
+                )
+                return
+            await self._check_pool()

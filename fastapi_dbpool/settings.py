@@ -78,10 +78,12 @@ class PoolSettings(BaseSettings):
         description="Seconds after which a connection is replaced.",
     )
     reconnect_timeout: float = Field(
-        300.0,
+        5.0,
         gt=0,
         allow_inf_nan=False,
-        description="Seconds the pool retries a failing connection attempt before reporting it.",
+        description="Seconds a failing connection attempt is retried (with backoff) before the "
+        "pool gives up on it and reconnects afresh every second; short, so that recovery "
+        "after an outage does not wait on a long backoff.",
     )
     num_workers: int = Field(
         3, ge=1, description="Background workers that open and close connections."
