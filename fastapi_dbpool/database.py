@@ -195,7 +195,13 @@ class DatabasePool:
     async def _check(self, conn: Conn) -> None:
         idle = monotonic() - self._idle_since.get(conn, 0.0)
         if self.settings.check == "always" or idle >= self.settings.check_idle_after:
-            await AsyncConnectionPool.check_connection(conn)
+            try:
+                await AsyncConnectionPool.check_connection(conn)
+            except Exception:
+                # Its idle siblings likely died with it (a restart, a network cut): check them
+                # in the background rather than let each request find one.
+                self.lost_connection()
+                raise
 
     async def _reconnect_failed(self, pool: AsyncConnectionPool[Conn]) -> None:
         # psycopg gives up on a connection after reconnect_timeout and never replaces it by

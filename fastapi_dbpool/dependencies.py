@@ -9,6 +9,7 @@ import psycopg
 from fastapi import Depends, HTTPException
 from psycopg import AsyncConnection
 from psycopg import errors as pg_errors
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 from starlette.requests import HTTPConnection
 
@@ -57,6 +58,14 @@ async def transaction(database: DatabasePool) -> AsyncIterator[AsyncConnection[A
                 yield conn
             except Exception as exc:
                 _reraise(database, exc, conn)
+            if conn.info.transaction_status == TransactionStatus.INERROR:
+                # COMMIT of an aborted transaction silently rolls back: never answer 200 then.
+                logger.warning(
+                    "the endpoint returned after an SQL error it caught, so nothing could be "
+                    "committed; answering 500 (use a savepoint, conn.transaction(), to recover)"
+                )
+                await conn.rollback()
+                raise CommitFailed()
             try:
                 await conn.commit()
             except psycopg.Error as exc:

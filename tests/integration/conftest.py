@@ -119,6 +119,19 @@ def build_app(settings: PoolSettings, **lifespan_kwargs: Any) -> FastAPI:
         )
         return {"id": child_id}
 
+    @app.post("/swallow/{item_id}")
+    async def swallow(item_id: int, conn: ConnDep, savepoint: bool = False) -> dict[str, int]:
+        await conn.execute("INSERT INTO items (id, note) VALUES (%s, 'swallow')", (item_id,))
+        try:
+            if savepoint:
+                async with conn.transaction():
+                    await conn.execute("SELECT 1 / 0")
+            else:
+                await conn.execute("SELECT 1 / 0")
+        except psycopg.errors.DivisionByZero:
+            pass  # the handler "handles" the error and returns normally
+        return {"id": item_id}
+
     @app.get("/sleep")
     async def sleep(conn: ConnDep, seconds: float = 1.0) -> dict[str, float]:
         await conn.execute("SELECT pg_sleep(%s)", (seconds,))

@@ -1,6 +1,7 @@
 """get_conn: commit before the response, rollback on error, connection lost -> 503."""
 
 import secrets
+import time
 from collections.abc import Callable
 
 from fastapi import FastAPI
@@ -88,8 +89,11 @@ def test_connection_lost_mid_request_returns_503_and_pool_heals(
 def test_idle_connections_killed_are_replaced_before_requests_see_them(
     make_settings: SettingsFactory, client_for: ClientFor, observer: Observer, unique_app_name: str
 ) -> None:
-    client = client_for(build_app(make_settings(min_size=2, max_size=2, check_idle_after=0.0)))
+    # A request that draws a dead connection waits for psycopg's retry backoff (about 1 s).
+    settings = make_settings(min_size=2, max_size=2, timeout=5.0, check_idle_after=0.5)
+    client = client_for(build_app(settings))
     assert observer.wait_for_count(unique_app_name, 2) == 2
+    time.sleep(0.6)  # both idle longer than check_idle_after: they will be checked
     assert observer.terminate(unique_app_name, state="idle") == 2
     for _ in range(4):
         assert client.get("/value").status_code == 200
@@ -145,4 +149,30 @@ def test_read_conn_writes_commit_statement_by_statement(
     item = new_id()
     assert client.post(f"/read/items/{item}").status_code == 409
     # Documented: in autocommit each statement commits on its own, even if the endpoint raises.
+    assert row_exists(database_server.url, "items", item)
+
+
+def test_swallowed_sql_error_answers_5xx_not_a_silent_rollback(
+    make_settings: SettingsFactory,
+    client_for: ClientFor,
+    database_server: DatabaseServer,
+    observer: Observer,
+    unique_app_name: str,
+) -> None:
+    client = client_for(build_app(make_settings(min_size=1, max_size=1)))
+    item = new_id()
+    response = client.post(f"/swallow/{item}")
+    # COMMIT of an aborted transaction is a silent ROLLBACK: the client must not hear 200.
+    assert response.status_code == 500
+    assert not row_exists(database_server.url, "items", item)
+    assert client.get("/value").json() == {"value": 1}
+    assert observer.count(unique_app_name, state="idle in transaction (aborted)") == 0
+
+
+def test_error_recovered_with_a_savepoint_commits(
+    make_settings: SettingsFactory, client_for: ClientFor, database_server: DatabaseServer
+) -> None:
+    client = client_for(build_app(make_settings()))
+    item = new_id()
+    assert client.post(f"/swallow/{item}", params={"savepoint": True}).status_code == 200
     assert row_exists(database_server.url, "items", item)
