@@ -1,0 +1,234 @@
+"""Fault-suite harness: the app under a real uvicorn, and pg_stat_activity as the truth."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from fastapi_dbpool.testing import DatabaseServer, Observer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The matrix's pool: small, quick timeouts; epsilon for a loaded 2-core box.
+T = 1.0
+EPSILON = 1.0
+BASE_ENV = {
+    "DBPOOL_MIN_SIZE": "2",
+    "DBPOOL_MAX_SIZE": "4",
+    "DBPOOL_TIMEOUT": str(T),
+    "DBPOOL_HEALTH_TIMEOUT": "1.0",
+    "DBPOOL_CONNECT_TIMEOUT": "2",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Served:
+    """A running uvicorn process serving tests/faults/fault_app.py."""
+
+    process: subprocess.Popen[bytes]
+    base: str
+    port: int
+    application_name: str
+
+    def output(self) -> str:
+        """Everything uvicorn printed; only after the process has ended."""
+        return self.process.stdout.read().decode() if self.process.stdout else ""
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+@contextmanager
+def serve(url: str, application_name: str, **env: str) -> Iterator[Served]:
+    """Serve the fault app on a free loopback port; killed after the block if still running."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "tests.faults.fault_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--timeout-graceful-shutdown",
+            "5",
+        ],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            **BASE_ENV,
+            "DBPOOL_URL": url,
+            "DBPOOL_APPLICATION_NAME": application_name,
+            **env,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    served = Served(process, f"http://127.0.0.1:{port}", port, application_name)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{served.base}/pool/stats", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"uvicorn did not start:\n{served.output()}")
+            time.sleep(0.1)
+        yield served
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+@dataclass
+class Truth:
+    """What pg_stat_activity showed for one application_name, sampled every 20 ms."""
+
+    peak: int = 0
+    samples: int = 0
+    states: Counter[str] = field(default_factory=Counter)
+
+
+class TruthSampler:
+    """Samples the server's own view in a thread; survives the server being down."""
+
+    def __init__(self, observer: Observer, application_name: str) -> None:
+        self.truth = Truth()
+        self._observer = observer
+        self._name = application_name
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Truth:
+        self._thread.start()
+        return self.truth
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                backends = self._observer.backends(self._name)
+            except psycopg.OperationalError:
+                continue  # the server is down: nothing to count
+            self.truth.samples += 1
+            self.truth.peak = max(self.truth.peak, len(backends))
+            self.truth.states.update(str(backend["state"]) for backend in backends)
+
+
+@dataclass
+class Outcome:
+    started: float
+    elapsed: float
+    status: int  # 0: no HTTP answer (transport error)
+
+
+class LoadLoop:
+    """Clients that send GETs in a loop until stopped, recording every outcome."""
+
+    def __init__(self, url: str, clients: int = 4, pause: float = 0.05) -> None:
+        self.outcomes: list[Outcome] = []
+        self._url = url
+        self._pause = pause
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        self._lock = threading.Lock()
+        self.t0 = time.monotonic()
+
+    def __enter__(self) -> "LoadLoop":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=T + 10) as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    status = client.get(self._url).status_code
+                except httpx.TransportError:
+                    status = 0
+                with self._lock:
+                    self.outcomes.append(
+                        Outcome(started - self.t0, time.monotonic() - started, status)
+                    )
+                self._stop.wait(self._pause)
+
+
+def leak_check(served: Served, observer: Observer, timeout: float = 3.0) -> None:
+    """After a scenario: stats agree with the server, nothing waits, nothing stuck in a transaction,
+    and the next request succeeds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = httpx.get(f"{served.base}/pool/stats", timeout=5).json()
+        backends = observer.backends(served.application_name)
+        stuck = [b for b in backends if str(b["state"]).startswith("idle in transaction")]
+        active = [b for b in backends if b["state"] == "active"]
+        if (
+            stats["counters"]["pool_size"] == len(backends)
+            and stats["waiting"] == 0
+            and not stuck
+            and not active
+        ):
+            break
+        assert time.monotonic() < deadline, (
+            f"leak: stats {stats['total']}/{stats['waiting']} waiting, backends "
+            f"{[(b['pid'], b['state']) for b in backends]}"
+        )
+        time.sleep(0.05)
+    assert httpx.get(f"{served.base}/value", timeout=5).status_code == 200
+
+
+ServeFactory = Callable[..., AbstractContextManager[Served]]
+
+
+@pytest.fixture(scope="session")
+def fault_table(database_server: DatabaseServer) -> None:
+    with psycopg.connect(database_server.url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS fault_items (id bigint PRIMARY KEY)")
+
+
+@pytest.fixture
+def served(
+    database_server: DatabaseServer, unique_app_name: str, fault_table: None
+) -> ServeFactory:
+    """serve(**env): the fault app against the test server, tagged with this test's name."""
+
+    def start(**env: str) -> AbstractContextManager[Served]:
+        return serve(database_server.url, unique_app_name, **env)
+
+    return start

@@ -1,0 +1,75 @@
+"""The app under fault: real uvicorn, settings from DBPOOL_* (see tests/faults/conftest.py)."""
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import StreamingResponse
+
+from fastapi_dbpool import ConnDep, StreamConnDep, pool_lifespan, pool_router
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+
+app = FastAPI(lifespan=pool_lifespan)
+app.include_router(pool_router)
+
+
+@app.get("/value")
+async def value(conn: ConnDep) -> dict[str, int]:
+    cur = await conn.execute("SELECT 1")
+    row = await cur.fetchone()
+    return {"value": row[0] if row else 0}
+
+
+@app.get("/sleep")
+async def sleep(conn: ConnDep, seconds: float = 1.0) -> dict[str, float]:
+    await conn.execute("SELECT pg_sleep(%s)", (seconds,))
+    return {"slept": seconds}
+
+
+@app.post("/items/{item_id}")
+async def create_item(item_id: int, conn: ConnDep, fail: str = "", hold: float = 0.0) -> Any:
+    await conn.execute("INSERT INTO fault_items (id) VALUES (%s)", (item_id,))
+    if hold:
+        await asyncio.sleep(hold)
+    if fail == "http":
+        raise HTTPException(409, "conflict after the write")
+    if fail == "error":
+        raise RuntimeError("handler bug after the write")
+    return {"id": item_id}
+
+
+@app.get("/stream/fail/{item_id}")
+async def stream_fail(item_id: int, conn: StreamConnDep) -> StreamingResponse:
+    async def body() -> AsyncIterator[str]:
+        await conn.execute("INSERT INTO fault_items (id) VALUES (%s)", (item_id,))
+        yield "first chunk\n"
+        raise RuntimeError("the stream breaks after a write")
+
+    return StreamingResponse(body(), media_type="text/plain")
+
+
+class CancelAfter:
+    """Cancels a request that runs longer than X-Cancel-After seconds, as an edge proxy would."""
+
+    def __init__(self, inner: ASGIApp) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        headers = dict(scope.get("headers") or [])
+        limit = headers.get(b"x-cancel-after")
+        if scope["type"] != "http" or limit is None:
+            await self.inner(scope, receive, send)
+            return
+        try:
+            await asyncio.wait_for(self.inner(scope, receive, send), float(limit))
+        except asyncio.TimeoutError:
+            await send({"type": "http.response.start", "status": 504, "headers": []})
+            await send({"type": "http.response.body", "body": b"cancelled"})
+
+
+if os.environ.get("FAULT_CANCEL_MIDDLEWARE"):
+    app.add_middleware(CancelAfter)
