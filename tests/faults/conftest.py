@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
 import psycopg
@@ -48,10 +50,12 @@ class Served:
     base: str
     port: int
     application_name: str
+    log: IO[bytes]
 
     def output(self) -> str:
-        """Everything uvicorn printed; only after the process has ended."""
-        return self.process.stdout.read().decode() if self.process.stdout else ""
+        """Everything uvicorn printed so far."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
     def terminate(self, timeout: float = 15.0) -> int:
         self.process.send_signal(signal.SIGTERM)
@@ -62,6 +66,7 @@ class Served:
 def serve(url: str, application_name: str, **env: str) -> Iterator[Served]:
     """Serve the fault app on a free loopback port; killed after the block if still running."""
     port = free_port()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     process = subprocess.Popen(
         [
             sys.executable,
@@ -84,10 +89,11 @@ def serve(url: str, application_name: str, **env: str) -> Iterator[Served]:
             "DBPOOL_APPLICATION_NAME": application_name,
             **env,
         },
-        stdout=subprocess.PIPE,
+        # A file, not a pipe: an unread pipe fills up and blocks the server's logging.
+        stdout=log,
         stderr=subprocess.STDOUT,
     )
-    served = Served(process, f"http://127.0.0.1:{port}", port, application_name)
+    served = Served(process, f"http://127.0.0.1:{port}", port, application_name, log)
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -105,6 +111,7 @@ def serve(url: str, application_name: str, **env: str) -> Iterator[Served]:
         if process.poll() is None:
             process.kill()
             process.wait(10)
+        log.close()
 
 
 @dataclass

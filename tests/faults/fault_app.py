@@ -2,10 +2,11 @@
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 from fastapi_dbpool import ConnDep, StreamConnDep, pool_lifespan, pool_router
@@ -22,6 +23,14 @@ async def value(conn: ConnDep) -> dict[str, int]:
     cur = await conn.execute("SELECT 1")
     row = await cur.fetchone()
     return {"value": row[0] if row else 0}
+
+
+@app.get("/queued")
+async def queued(request: Request, conn: ConnDep, seconds: float = 0.5) -> dict[str, float]:
+    """When this request arrived and when it got its connection, on the server's clock."""
+    got = time.monotonic()
+    await conn.execute("SELECT pg_sleep(%s)", (seconds,))
+    return {"arrived": request.state.arrived, "got": got}
 
 
 @app.get("/sleep")
@@ -71,5 +80,17 @@ class CancelAfter:
             await send({"type": "http.response.body", "body": b"cancelled"})
 
 
+class StampArrival:
+    """Stamps each request's arrival time (server clock) into its state."""
+
+    def __init__(self, inner: ASGIApp) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        scope.setdefault("state", {})["arrived"] = time.monotonic()
+        await self.inner(scope, receive, send)
+
+
+app.add_middleware(StampArrival)
 if os.environ.get("FAULT_CANCEL_MIDDLEWARE"):
     app.add_middleware(CancelAfter)

@@ -5,11 +5,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -27,9 +29,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def uvicorn_app(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def uvicorn_app(
+    env: dict[str, str],
+) -> Iterator[tuple[subprocess.Popen[bytes], str, IO[bytes]]]:
     """Serve tests/integration/uvicorn_app.py on a free loopback port; always stopped after."""
     port = free_port()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     process = subprocess.Popen(
         [
             sys.executable,
@@ -44,7 +49,8 @@ def uvicorn_app(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], 
         ],
         cwd=ROOT,
         env={**os.environ, **env},
-        stdout=subprocess.PIPE,
+        # A file, not a pipe: an unread pipe fills up and blocks the server's logging.
+        stdout=log,
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
@@ -57,14 +63,16 @@ def uvicorn_app(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], 
             except httpx.TransportError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                output = process.stdout.read().decode() if process.stdout else ""
+                log.seek(0)
+                output = log.read().decode(errors="replace")
                 pytest.fail(f"uvicorn did not start:\n{output}")
             time.sleep(0.1)
-        yield process, base
+        yield process, base, log
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(10)
+        log.close()
 
 
 @pytest.mark.slow
@@ -77,7 +85,7 @@ def test_sigterm_finishes_in_flight_requests_then_leaves_no_backend(
         "DBPOOL_MIN_SIZE": "2",
         "DBPOOL_MAX_SIZE": "4",
     }
-    with uvicorn_app(env) as (process, base), ThreadPoolExecutor(3) as executor:
+    with uvicorn_app(env) as (process, base, log), ThreadPoolExecutor(3) as executor:
         in_flight = [
             executor.submit(httpx.get, f"{base}/sleep", params={"seconds": 1.0}, timeout=10)
             for _ in range(3)
@@ -90,8 +98,8 @@ def test_sigterm_finishes_in_flight_requests_then_leaves_no_backend(
         # uvicorn re-raises the signal once shut down gracefully: exit by SIGTERM, not a crash.
         assert process.wait(timeout=15) in (0, -signal.SIGTERM)
         assert time.monotonic() - started < 5
-        output = process.stdout.read().decode() if process.stdout else ""
-        assert "Application shutdown complete" in output
+        log.seek(0)
+        assert "Application shutdown complete" in log.read().decode(errors="replace")
     assert observer.wait_for_count(unique_app_name, 0, timeout=2.0) == 0
 
 
@@ -104,7 +112,7 @@ def test_commit_is_visible_to_others_before_the_client_sees_the_response(
     env = {"DBPOOL_URL": database_server.url, "DBPOOL_APPLICATION_NAME": unique_app_name}
     with psycopg.connect(database_server.url, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS items (id bigint PRIMARY KEY, note text NOT NULL)")
-        with uvicorn_app(env) as (_, base), httpx.Client(base_url=base) as client:
+        with uvicorn_app(env) as (_, base, _log), httpx.Client(base_url=base) as client:
             for item in range(10):
                 item_id = int(time.time_ns() % 2**40) * 100 + item
                 assert client.post(f"/items/{item_id}").status_code == 200
