@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import os
 import weakref
 from collections import Counter
 from time import monotonic
@@ -26,6 +27,11 @@ Conn = AsyncConnection[Any]
 
 # Checks of the whole pool after a lost connection, at most this often (seconds).
 _CHECK_INTERVAL = 1.0
+_BUDGET_QUERY = """
+    SELECT current_setting('max_connections')::int,
+           current_setting('superuser_reserved_connections')::int
+           + coalesce(current_setting('reserved_connections', true), '0')::int
+"""
 # While the database is unreachable, the healer asks the pool to reconnect this often.
 _HEAL_INTERVAL = 1.0
 
@@ -113,6 +119,43 @@ class DatabasePool:
             self.settings.min_size,
             self.settings.max_size,
         )
+        await self._log_budget()
+
+    async def _log_budget(self) -> None:
+        """One line: this pool's share of the connections the server allows; a warning if
+        every worker's pool together could exceed it."""
+        try:
+            async with self.pool.connection(timeout=self.settings.health_timeout) as conn:
+                cur = await conn.execute(_BUDGET_QUERY)
+                row = await cur.fetchone()
+        except Exception as exc:  # a budget line is advice: never fail startup over it
+            logger.debug("could not read max_connections: %s", self.redact(str(exc)))
+            return
+        if row is None:
+            return
+        max_connections, reserved = row
+        allowed = max_connections - reserved
+        workers_env = os.environ.get("WEB_CONCURRENCY", "")
+        workers = int(workers_env) if workers_env.isdigit() and int(workers_env) > 0 else 1
+        workers_note = (
+            "WEB_CONCURRENCY" if workers_env.isdigit() else "1 assumed: set WEB_CONCURRENCY"
+        )
+        total = workers * self.settings.max_size
+        line = (
+            f"pool {self.settings.name!r}: DBPOOL_MAX_SIZE {self.settings.max_size} x "
+            f"{workers} worker(s) ({workers_note}) = {total} of the {allowed} connections the "
+            f"server allows (max_connections {max_connections} - {reserved} reserved)"
+        )
+        if self.settings.pgbouncer:
+            logger.info("%s; behind PgBouncer the server sees PgBouncer's pool instead", line)
+        elif total > allowed:
+            logger.warning(
+                "%s: too many; lower DBPOOL_MAX_SIZE or the worker count, or put PgBouncer "
+                "in front (docs/deployment.md)",
+                line,
+            )
+        else:
+            logger.info(line)
 
     async def close(self) -> None:
         """Close the pool and every idle connection; connections in use close on return."""

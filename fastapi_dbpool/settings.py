@@ -131,6 +131,11 @@ class PoolSettings(BaseSettings):
         description="Executions before psycopg prepares a statement server-side; "
         "unset (empty) disables prepared statements (needed behind PgBouncer transaction mode).",
     )
+    pgbouncer: bool = Field(
+        False,
+        description="The URL points at PgBouncer in transaction mode: no server-side prepared "
+        "statements, and no per-connection startup options (set timeouts on the role instead).",
+    )
     health_timeout: float = Field(
         2.0, gt=0, allow_inf_nan=False, description="Seconds /health/db waits before answering 503."
     )
@@ -186,6 +191,24 @@ class PoolSettings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _pgbouncer_compatible(self) -> "PoolSettings":
+        if not self.pgbouncer:
+            return self
+        per_connection = [
+            name
+            for name in ("statement_timeout", "idle_in_transaction_timeout")
+            if getattr(self, name) is not None
+        ]
+        if per_connection:
+            names = " and ".join(env_var(name) for name in per_connection)
+            raise ValueError(
+                f"{names} cannot be applied behind PgBouncer ({ENV_PREFIX}PGBOUNCER=true): it "
+                "rejects per-connection startup options. Unset it and set the timeout on the "
+                "database role instead: ALTER ROLE app SET statement_timeout = '5s'"
+            )
+        return self
+
     def conninfo(self) -> str:
         """The connection string, secret included: for psycopg only, never for output."""
         return self.url.get_secret_value()
@@ -202,7 +225,9 @@ class PoolSettings(BaseSettings):
         url_params = conninfo_to_dict(self.conninfo())
         kwargs: dict[str, Any] = {
             "connect_timeout": self.connect_timeout,
-            "prepare_threshold": self.prepare_threshold,
+            # PgBouncer's transaction mode moves a client between server connections, where a
+            # statement prepared on one does not exist (or already exists) on another.
+            "prepare_threshold": None if self.pgbouncer else self.prepare_threshold,
         }
         if "application_name" not in url_params:
             kwargs["application_name"] = self.application_name

@@ -1,0 +1,94 @@
+"""A real PgBouncer 1.x in transaction mode, on loopback, in front of the test server."""
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import psycopg
+import pytest
+
+from fastapi_dbpool.testing import DatabaseServer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_url(database_server: DatabaseServer) -> Iterator[str]:
+    """A DSN through PgBouncer (transaction mode, 4 server connections) to the test database."""
+    binary = shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
+    )
+    if binary is None:
+        pytest.skip("pgbouncer is not installed (.ci/run installs Debian's pgbouncer package)")
+    if database_server.password is None:
+        pytest.skip(
+            "the server from DBPOOL_TEST_URL has no known password for PgBouncer's auth file"
+        )
+    target = urlsplit(database_server.url)
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="pgbouncer-"))
+    user = target.username or "app"
+    (workdir / "userlist.txt").write_text(f'"{user}" "{database_server.password}"\n')
+    (workdir / "pgbouncer.ini").write_text(
+        f"""[databases]
+* = host={target.hostname} port={target.port}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {workdir / "userlist.txt"}
+pool_mode = transaction
+default_pool_size = 4
+max_client_conn = 500
+ignore_startup_parameters = extra_float_digits
+logfile = {workdir / "pgbouncer.log"}
+pidfile = {workdir / "pgbouncer.pid"}
+"""
+    )
+    command = [binary, str(workdir / "pgbouncer.ini")]
+    kwargs: dict[str, object] = {}
+    if os.geteuid() == 0:  # PgBouncer refuses to run as root
+        runner = "fastapi_dbpool_pg"
+        entry = pwd.getpwnam(runner)
+        for path in [workdir, *workdir.iterdir()]:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        kwargs = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs
+    )  # type: ignore[call-overload]
+    secret = quote(database_server.password, safe="")
+    url = f"postgresql://{user}:{secret}@127.0.0.1:{port}{target.path}"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                psycopg.connect(url, connect_timeout=2).close()
+                break
+            except psycopg.OperationalError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log = (
+                        (workdir / "pgbouncer.log").read_text()
+                        if (workdir / "pgbouncer.log").exists()
+                        else ""
+                    )
+                    pytest.fail(f"pgbouncer did not start:\n{log}")
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,84 @@
+"""Behind PgBouncer in transaction mode: psycopg's defaults break, DBPOOL_PGBOUNCER does not."""
+
+import asyncio
+from collections import Counter
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from fastapi_dbpool import DatabasePool, PoolSettings, SettingsError
+from fastapi_dbpool.dependencies import transaction
+from tests.integration.conftest import build_app
+
+pytestmark = pytest.mark.slow
+
+
+async def hammer(settings: PoolSettings, tasks: int = 400) -> Counter[str]:
+    """tasks concurrent transactions, each running one query 6 times (psycopg prepares it
+    after prepare_threshold=5): the outcome of each, by exception class."""
+    database = DatabasePool(settings)
+    await database.open()
+    outcomes: Counter[str] = Counter()
+
+    async def one(n: int) -> None:
+        try:
+            async with transaction(database) as conn:
+                for i in range(6):
+                    await conn.execute("SELECT %s::int + %s::int", (n, i))
+            outcomes["ok"] += 1
+        except psycopg.Error as exc:
+            outcomes[type(exc).__name__] += 1
+
+    try:
+        await asyncio.gather(*(one(n) for n in range(tasks)))
+    finally:
+        await database.close()
+    return outcomes
+
+
+def settings_for(url: str, app_name: str, **overrides: object) -> PoolSettings:
+    values: dict[str, object] = {
+        "url": url,
+        "application_name": app_name,
+        "min_size": 4,
+        "max_size": 8,
+        "timeout": 10,
+    }
+    values.update(overrides)
+    return PoolSettings(**values)
+
+
+def test_psycopg_defaults_fail_behind_pgbouncer_transaction_mode(
+    pgbouncer_url: str, unique_app_name: str
+) -> None:
+    outcomes = asyncio.run(hammer(settings_for(pgbouncer_url, unique_app_name)))
+    failures = sum(count for name, count in outcomes.items() if name != "ok")
+    # Prepared statements do not follow a client across server connections.
+    assert failures > 0, outcomes
+    assert set(outcomes) - {"ok"} <= {"DuplicatePreparedStatement", "InvalidSqlStatementName"}
+
+
+def test_pgbouncer_setting_makes_every_transaction_succeed(
+    pgbouncer_url: str, unique_app_name: str
+) -> None:
+    outcomes = asyncio.run(hammer(settings_for(pgbouncer_url, unique_app_name, pgbouncer=True)))
+    assert outcomes == Counter({"ok": 400})
+
+
+def test_router_and_get_conn_work_behind_pgbouncer(
+    pgbouncer_url: str, unique_app_name: str
+) -> None:
+    settings = settings_for(pgbouncer_url, unique_app_name, pgbouncer=True, min_size=1)
+    with TestClient(build_app(settings)) as client:
+        assert client.get("/health/db").status_code == 200
+        assert client.get("/value").json() == {"value": 1}
+        stats = client.get("/pool/stats").json()
+        assert stats["counters"]["pool_max"] == 8
+
+
+def test_per_connection_options_are_refused_with_pgbouncer(pgbouncer_url: str) -> None:
+    with pytest.raises(
+        SettingsError, match="DBPOOL_STATEMENT_TIMEOUT cannot be applied behind PgBouncer"
+    ):
+        PoolSettings(url=pgbouncer_url, pgbouncer=True, statement_timeout=1.0)
