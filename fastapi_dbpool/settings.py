@@ -113,6 +113,19 @@ class PoolSettings(BaseSettings):
     connect_timeout: int = Field(
         5, ge=1, description="Seconds libpq waits for one connection attempt (connect_timeout)."
     )
+    keepalives_idle: int = Field(
+        30,
+        ge=1,
+        description="Seconds of silence before TCP keepalive probes start, so a connection "
+        "to a vanished server or through a dropped network path is found dead.",
+    )
+    tcp_user_timeout: float | None = Field(
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds sent data may stay unacknowledged before the connection is "
+        "dropped (libpq tcp_user_timeout, Linux); unset: the OS default (minutes).",
+    )
     statement_timeout: float | None = Field(
         None,
         gt=0,
@@ -157,6 +170,7 @@ class PoolSettings(BaseSettings):
         "prepare_threshold",
         "statement_timeout",
         "idle_in_transaction_timeout",
+        "tcp_user_timeout",
         "password",
         mode="before",
     )
@@ -225,10 +239,16 @@ class PoolSettings(BaseSettings):
         url_params = conninfo_to_dict(self.conninfo())
         kwargs: dict[str, Any] = {
             "connect_timeout": self.connect_timeout,
+            "keepalives": 1,
+            "keepalives_idle": self.keepalives_idle,
+            "keepalives_interval": max(1, self.keepalives_idle // 3),
+            "keepalives_count": 3,
             # PgBouncer's transaction mode moves a client between server connections, where a
             # statement prepared on one does not exist (or already exists) on another.
             "prepare_threshold": None if self.pgbouncer else self.prepare_threshold,
         }
+        if self.tcp_user_timeout is not None:
+            kwargs["tcp_user_timeout"] = _ms(self.tcp_user_timeout)
         if "application_name" not in url_params:
             kwargs["application_name"] = self.application_name
         if self.password is not None:

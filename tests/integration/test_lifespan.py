@@ -158,3 +158,19 @@ def test_degraded_start_reports_unhealthy_and_recovers(
             assert time.monotonic() < deadline, "pool did not recover after the server came up"
             time.sleep(0.2)
         assert client.get("/value").json() == {"value": 1}
+
+
+def test_connections_carry_keepalive_and_tcp_user_timeout(make_settings: SettingsFactory) -> None:
+    app = build_app(make_settings(keepalives_idle=12, tcp_user_timeout=7.5))
+
+    @app.get("/params")
+    async def params(request: Request) -> dict[str, str]:
+        async with get_database(request).pool.connection() as conn:
+            return conn.info.get_parameters()
+
+    with TestClient(app) as client:
+        params_seen = client.get("/params").json()
+    assert params_seen["keepalives"] == "1"
+    assert params_seen["keepalives_idle"] == "12"
+    assert params_seen["keepalives_interval"] == "4"
+    assert params_seen["tcp_user_timeout"] == "7500"
