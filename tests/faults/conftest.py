@@ -1,27 +1,18 @@
 """Fault-suite harness: the app under a real uvicorn, and pg_stat_activity as the truth."""
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO
 
 import httpx
 import psycopg
 import pytest
 
 from fastapi_dbpool.testing import DatabaseServer, Observer
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import Served, serve_app
 
 # The matrix's pool: small, quick timeouts; epsilon for a loaded 2-core box.
 T = 1.0
@@ -35,83 +26,12 @@ BASE_ENV = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Served:
-    """A running uvicorn process serving tests/faults/fault_app.py."""
-
-    process: subprocess.Popen[bytes]
-    base: str
-    port: int
-    application_name: str
-    log: IO[bytes]
-
-    def output(self) -> str:
-        """Everything uvicorn printed so far."""
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
-    def terminate(self, timeout: float = 15.0) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
-
 @contextmanager
 def serve(url: str, application_name: str, **env: str) -> Iterator[Served]:
-    """Serve the fault app on a free loopback port; killed after the block if still running."""
-    port = free_port()
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "tests.faults.fault_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--timeout-graceful-shutdown",
-            "5",
-        ],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            **BASE_ENV,
-            "DBPOOL_URL": url,
-            "DBPOOL_APPLICATION_NAME": application_name,
-            **env,
-        },
-        # A file, not a pipe: an unread pipe fills up and blocks the server's logging.
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    served = Served(process, f"http://127.0.0.1:{port}", port, application_name, log)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{served.base}/pool/stats", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"uvicorn did not start:\n{served.output()}")
-            time.sleep(0.1)
+    """Serve the fault app against url, tagged with application_name."""
+    full_env = {**BASE_ENV, "DBPOOL_URL": url, "DBPOOL_APPLICATION_NAME": application_name, **env}
+    with serve_app("tests.faults.fault_app:app", full_env) as served:
         yield served
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-        log.close()
 
 
 @dataclass

@@ -9,7 +9,7 @@ import schemathesis
 from schemathesis.core.result import Ok
 
 from fastapi_dbpool.testing import DatabaseServer
-from tests.integration.test_uvicorn import uvicorn_app
+from tests.support import serve_app
 
 pytestmark = pytest.mark.slow
 
@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def example_base(database_server: DatabaseServer) -> Iterator[str]:
     env = {"DBPOOL_URL": database_server.url, "DBPOOL_APPLICATION_NAME": "fuzz"}
-    with uvicorn_app(env, "example_app.main:app") as (_, base, _log):
-        yield base
+    with serve_app("example_app.main:app", env, ready_path="/health/db") as app:
+        yield app.base
 
 
 def test_no_input_makes_the_server_fail(example_base: str) -> None:

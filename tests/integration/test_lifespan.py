@@ -1,7 +1,6 @@
 """The lifespan opens min_size connections, closes them all, composes, and fails fast."""
 
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from fastapi_dbpool import PoolStartupError, get_database
 from fastapi_dbpool.testing import DatabaseServer, Observer
+from tests.support import free_port
 
 from .conftest import SettingsFactory, build_app
 
@@ -23,13 +23,6 @@ ClientFor = Callable[[FastAPI], TestClient]
 def with_netloc(url: str, netloc: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_lifespan_opens_min_size_and_closes_every_connection(
