@@ -178,7 +178,11 @@ async def get_stream_conn(request: HTTPConnection) -> AsyncIterator[AsyncConnect
 
 
 PoolDep = Annotated[AsyncConnectionPool[AsyncConnection[Any]], Depends(get_pool)]
-ConnDep = Annotated[AsyncConnection[Any], Depends(get_conn)]
-ReadConnDep = Annotated[AsyncConnection[Any], Depends(get_read_conn)]
+# The aliases point straight at the function-scoped generators: same semantics as get_conn and
+# get_read_conn (exit before the response), one dependency to resolve per request instead of two.
+ConnDep = Annotated[AsyncConnection[Any], Depends(_function_scoped, scope="function")]
+ReadConnDep = Annotated[
+    AsyncConnection[Any], Depends(_function_scoped_autocommit, scope="function")
+]
 StreamConnDep = Annotated[AsyncConnection[Any], Depends(get_stream_conn)]
 DatabaseDep = Annotated[DatabasePool, Depends(get_database)]

@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 
@@ -17,6 +17,7 @@ from fastapi_dbpool import (
     ReadConnDep,
     StreamConnDep,
     create_pool_lifespan,
+    get_conn,
     pool_router,
 )
 from fastapi_dbpool.testing import DatabaseServer
@@ -131,6 +132,14 @@ def build_app(settings: PoolSettings, **lifespan_kwargs: Any) -> FastAPI:
         except psycopg.errors.DivisionByZero:
             pass  # the handler "handles" the error and returns normally
         return {"id": item_id}
+
+    @app.post("/plain/children/{child_id}")
+    async def orphan_child_plain(child_id: int, conn: Any = Depends(get_conn)) -> dict[str, int]:
+        # The design card's spelling: a plain Depends(get_conn), no Annotated alias.
+        await conn.execute(
+            "INSERT INTO children (id, parent_id) VALUES (%s, %s)", (child_id, -child_id)
+        )
+        return {"id": child_id}
 
     @app.get("/sleep")
     async def sleep(conn: ConnDep, seconds: float = 1.0) -> dict[str, float]:

@@ -41,6 +41,16 @@ def test_failed_commit_returns_5xx(
     assert client.get("/value").json() == {"value": 1}
 
 
+def test_failed_commit_returns_5xx_with_the_plain_depends_of_the_design_card(
+    make_settings: SettingsFactory, client_for: ClientFor, database_server: DatabaseServer
+) -> None:
+    client = client_for(build_app(make_settings()))
+    child = new_id()
+    response = client.post(f"/plain/children/{child}")
+    assert response.status_code == 500
+    assert not row_exists(database_server.url, "children", child)
+
+
 def test_http_exception_rolls_back(
     make_settings: SettingsFactory, client_for: ClientFor, database_server: DatabaseServer
 ) -> None:
