@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import httpx
 import psycopg
@@ -138,6 +139,13 @@ def leak_check(served: Served, observer: Observer, timeout: float = 3.0) -> None
         )
         time.sleep(0.05)
     assert httpx.get(f"{served.base}/value", timeout=5).status_code == 200
+
+
+def assert_no_password(text: str, password: str | None) -> None:
+    """Neither the raw nor the percent-encoded password appears in text."""
+    if password:
+        for form in (password, quote(password, safe=""), quote(password)):
+            assert form not in text, "the database password leaked into the server output"
 
 
 ServeFactory = Callable[..., AbstractContextManager[Served]]

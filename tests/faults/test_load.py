@@ -14,7 +14,7 @@ import pytest
 
 from fastapi_dbpool.testing import DatabaseServer, Observer
 
-from .conftest import EPSILON, ServeFactory, TruthSampler, leak_check
+from .conftest import EPSILON, ServeFactory, TruthSampler, assert_no_password, leak_check
 
 pytestmark = pytest.mark.slow
 
@@ -172,4 +172,5 @@ def test_soak_mixed_traffic_loses_and_leaks_nothing(
         assert stats["unavailable"]["pool_timeout"] == seen[503]
         assert stats["counters"]["requests_errors"] >= seen[503]
         leak_check(app, observer)
+        assert_no_password(app.output(), database_server.password)
     assert observer.wait_for_count(app.application_name, 0, timeout=3.0) == 0

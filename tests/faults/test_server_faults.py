@@ -7,7 +7,15 @@ import pytest
 
 from fastapi_dbpool.testing import DatabaseServer, Observer
 
-from .conftest import EPSILON, LoadLoop, ServeFactory, T, TruthSampler, leak_check
+from .conftest import (
+    EPSILON,
+    LoadLoop,
+    ServeFactory,
+    T,
+    TruthSampler,
+    assert_no_password,
+    leak_check,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +44,8 @@ def test_restart_under_load_answers_503_in_time_and_recovers(
         assert first_ok - up_at < 3.0, f"recovered {first_ok - up_at:.2f} s after the restart"
         assert truth.peak <= 4
         leak_check(app, observer)
+        assert "connection" in app.output().lower()  # the outage was logged...
+        assert_no_password(app.output(), controllable_server.password)  # ...without secrets
 
 
 def test_outage_longer_than_reconnect_timeout_heals_without_a_restart(
