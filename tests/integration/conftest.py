@@ -9,6 +9,7 @@ import pytest
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
+from psycopg import AsyncConnection
 
 from fastapi_dbpool import (
     ConnDep,
@@ -65,6 +66,16 @@ def make_settings(
     return make
 
 
+async def connection_mode(conn: AsyncConnection[Any]) -> dict[str, Any]:
+    """After one query: is the connection in autocommit, in a transaction, and which backend."""
+    await conn.execute("SELECT 1")
+    return {
+        "autocommit": conn.autocommit,
+        "status": conn.info.transaction_status.name,
+        "pid": conn.info.backend_pid,
+    }
+
+
 def build_app(settings: PoolSettings, **lifespan_kwargs: Any) -> FastAPI:
     """An app with the pool router and routes that write, fail, sleep and stream."""
     app = FastAPI(lifespan=create_pool_lifespan(settings, **lifespan_kwargs))
@@ -78,21 +89,11 @@ def build_app(settings: PoolSettings, **lifespan_kwargs: Any) -> FastAPI:
 
     @app.get("/read")
     async def read(conn: ReadConnDep) -> dict[str, Any]:
-        await conn.execute("SELECT 1")
-        return {
-            "autocommit": conn.autocommit,
-            "status": conn.info.transaction_status.name,
-            "pid": conn.info.backend_pid,
-        }
+        return await connection_mode(conn)
 
     @app.get("/mode")
     async def mode(conn: ConnDep) -> dict[str, Any]:
-        await conn.execute("SELECT 1")
-        return {
-            "autocommit": conn.autocommit,
-            "status": conn.info.transaction_status.name,
-            "pid": conn.info.backend_pid,
-        }
+        return await connection_mode(conn)
 
     @app.post("/read/items/{item_id}")
     async def write_in_autocommit(item_id: int, conn: ReadConnDep) -> None:
