@@ -5,6 +5,8 @@ import logging
 import os
 import weakref
 from collections import Counter
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
 from time import monotonic
 from typing import Any
 
@@ -20,6 +22,7 @@ from fastapi_dbpool.errors import (
     unavailable_reason,
 )
 from fastapi_dbpool.settings import PoolSettings
+from fastapi_dbpool.timings import Recorder
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -53,6 +56,9 @@ class DatabasePool:
         self._last_check = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._healer: asyncio.Task[None] | None = None
+        self.recorder = (
+            Recorder(settings.name, settings.leak_threshold) if settings.metrics else None
+        )
         self.pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             settings.conninfo(),
             kwargs=settings.connect_kwargs(),
@@ -90,6 +96,16 @@ class DatabasePool:
 
     async def open(self) -> None:
         """Open the pool; fail fast with a clear reason unless settings.fail_fast is off."""
+        if self.recorder is not None:
+            self._start(self.recorder.watch())
+        try:
+            await self._open()
+        except BaseException:
+            for task in self._tasks:
+                task.cancel()
+            raise
+
+    async def _open(self) -> None:
         try:
             await self._probe()
         except PoolStartupError as exc:
@@ -181,8 +197,31 @@ class DatabasePool:
         return None
 
     async def _select_one(self, timeout: float) -> None:
-        async with self.pool.connection(timeout=timeout) as conn:
+        async with self.checkout("GET /health/db", timeout) as conn:
             await conn.execute("SELECT 1")
+
+    @asynccontextmanager
+    async def checkout(self, route: str = "", timeout: float | None = None) -> AsyncIterator[Conn]:
+        """pool.connection(), timed: the wait for the connection and how long route holds it."""
+        recorder = self.recorder
+        if recorder is None:
+            async with self.pool.connection(timeout) as conn:
+                yield conn
+            return
+        started = recorder.wait_started()
+        waited = False
+        try:
+            async with self.pool.connection(timeout) as conn:
+                recorder.wait_ended(started)
+                waited = True
+                holding = recorder.hold_started(route)
+                try:
+                    yield conn
+                finally:
+                    recorder.hold_ended(holding)
+        finally:
+            if not waited:
+                recorder.wait_ended(started)
 
     def count_unavailable(self, reason: UnavailableReason) -> None:
         """Count one 503 answer, and check the idle connections if the cause was a lost one."""
@@ -197,7 +236,11 @@ class DatabasePool:
         if now - self._last_check < _CHECK_INTERVAL or self.pool.closed:
             return
         self._last_check = now
-        task = asyncio.get_running_loop().create_task(self._check_pool())
+        self._start(self._check_pool())
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run work in the background until it ends or the pool closes."""
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

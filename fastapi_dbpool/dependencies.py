@@ -45,7 +45,9 @@ def get_pool(request: HTTPConnection) -> AsyncConnectionPool[AsyncConnection[Any
 
 
 @asynccontextmanager
-async def transaction(database: DatabasePool) -> AsyncIterator[AsyncConnection[Any]]:
+async def transaction(
+    database: DatabasePool, route: str = ""
+) -> AsyncIterator[AsyncConnection[Any]]:
     """A pooled connection in a transaction: commit on success, roll back on error.
 
     Pool and connection errors come out as HTTP answers (503, 504, 500 for a failed commit);
@@ -53,7 +55,7 @@ async def transaction(database: DatabasePool) -> AsyncIterator[AsyncConnection[A
     """
     conn: AsyncConnection[Any] | None = None
     try:
-        async with database.pool.connection() as conn:
+        async with database.checkout(route) as conn:
             try:
                 yield conn
             except Exception as exc:
@@ -84,7 +86,9 @@ async def transaction(database: DatabasePool) -> AsyncIterator[AsyncConnection[A
 
 
 @asynccontextmanager
-async def autocommit(database: DatabasePool) -> AsyncIterator[AsyncConnection[Any]]:
+async def autocommit(
+    database: DatabasePool, route: str = ""
+) -> AsyncIterator[AsyncConnection[Any]]:
     """A pooled connection in autocommit: no BEGIN/COMMIT round trips; each statement commits.
 
     The fast path for reads. Errors come out as in transaction(); the connection goes back to
@@ -92,7 +96,7 @@ async def autocommit(database: DatabasePool) -> AsyncIterator[AsyncConnection[An
     """
     conn: AsyncConnection[Any] | None = None
     try:
-        async with database.pool.connection() as conn:
+        async with database.checkout(route) as conn:
             await conn.set_autocommit(True)
             try:
                 yield conn
@@ -105,6 +109,13 @@ async def autocommit(database: DatabasePool) -> AsyncIterator[AsyncConnection[An
         raise
     except Exception as exc:
         _reraise(database, exc, conn)
+
+
+def _route(request: HTTPConnection) -> str:
+    """METHOD /path/template of the request, for slow-holder warnings."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", None) or request.url.path
+    return f"{request.scope.get('method', 'WS')} {path}"
 
 
 def _reraise(database: DatabasePool, exc: Exception, conn: AsyncConnection[Any] | None) -> NoReturn:
@@ -131,14 +142,14 @@ def _translate(
 
 
 async def _function_scoped(request: HTTPConnection) -> AsyncIterator[AsyncConnection[Any]]:
-    async with transaction(get_database(request)) as conn:
+    async with transaction(get_database(request), _route(request)) as conn:
         yield conn
 
 
 async def _function_scoped_autocommit(
     request: HTTPConnection,
 ) -> AsyncIterator[AsyncConnection[Any]]:
-    async with autocommit(get_database(request)) as conn:
+    async with autocommit(get_database(request), _route(request)) as conn:
         yield conn
 
 
@@ -173,7 +184,7 @@ async def get_stream_conn(request: HTTPConnection) -> AsyncIterator[AsyncConnect
     and the connection is taken for the whole response: use it only where the body itself
     reads from the database.
     """
-    async with transaction(get_database(request)) as conn:
+    async with transaction(get_database(request), _route(request)) as conn:
         yield conn
 
 

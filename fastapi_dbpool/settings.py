@@ -149,6 +149,18 @@ class PoolSettings(BaseSettings):
         description="The URL points at PgBouncer in transaction mode: no server-side prepared "
         "statements, and no per-connection startup options (set timeouts on the role instead).",
     )
+    metrics: bool = Field(
+        True,
+        description="Time every checkout (wait and hold percentiles, high-water marks, "
+        "slow holders) for /pool/stats; false skips the recording.",
+    )
+    leak_threshold: float | None = Field(
+        10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds a request may hold a connection before a warning names its "
+        "route (once per checkout); unset (empty) turns the check off.",
+    )
     health_timeout: float = Field(
         2.0, gt=0, allow_inf_nan=False, description="Seconds /health/db waits before answering 503."
     )
@@ -171,6 +183,7 @@ class PoolSettings(BaseSettings):
         "statement_timeout",
         "idle_in_transaction_timeout",
         "tcp_user_timeout",
+        "leak_threshold",
         "password",
         mode="before",
     )

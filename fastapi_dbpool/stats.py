@@ -5,6 +5,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.timings import Timings
 
 
 class PoolCounters(BaseModel):
@@ -47,6 +48,9 @@ class PoolStats(BaseModel):
     waiting: int = Field(description="Requests waiting for a connection (requests_waiting).")
     counters: PoolCounters
     unavailable: Unavailable = Field(description="503 answers by cause.")
+    timings: Timings | None = Field(
+        None, description="Checkout wait and hold times; absent with DBPOOL_METRICS=false."
+    )
 
 
 class Health(BaseModel):
@@ -71,4 +75,5 @@ def snapshot(database: DatabasePool) -> PoolStats:
         waiting=counters.requests_waiting,
         counters=counters,
         unavailable=Unavailable.model_validate(dict(database.unavailable)),
+        timings=database.recorder.snapshot() if database.recorder is not None else None,
     )

@@ -1,0 +1,188 @@
+"""Checkout timings: how long requests wait for a connection and hold it, and who holds too long.
+
+Recording is a few monotonic() calls and deque appends per checkout; percentiles are computed
+only when the stats are read.
+"""
+
+import asyncio
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+from time import monotonic
+
+from pydantic import BaseModel, Field
+
+logger = logging.getLogger("fastapi_dbpool")
+
+WINDOW = 1024  # the most recent checkouts the "recent" percentiles are over
+# Since-start percentiles come from log-spaced buckets: 0.01 ms to ~10 min, 5 % apart.
+_BASE, _GROWTH, _NBUCKETS = 0.01, 1.05, 370
+_BOUNDS = [_BASE * _GROWTH**i for i in range(_NBUCKETS)]
+_LOG_GROWTH = math.log(_GROWTH)
+
+
+class Percentiles(BaseModel):
+    """Milliseconds: p50, p95, p99 and max of a set of durations."""
+
+    count: int = 0
+    p50: float = 0.0
+    p95: float = 0.0
+    p99: float = 0.0
+    max: float = 0.0
+
+
+class Distribution:
+    """Durations in ms: exact over the last WINDOW samples, bucketed since start."""
+
+    def __init__(self) -> None:
+        self.recent: deque[float] = deque(maxlen=WINDOW)
+        self._buckets = [0] * (len(_BOUNDS) + 1)
+        self._count = 0
+        self._max = 0.0
+
+    def add(self, ms: float) -> None:
+        self.recent.append(ms)
+        index = math.ceil(math.log(ms / _BASE) / _LOG_GROWTH) if ms > _BASE else 0
+        self._buckets[min(index, _NBUCKETS)] += 1
+        self._count += 1
+        if ms > self._max:
+            self._max = ms
+
+    def window(self) -> Percentiles:
+        values = sorted(self.recent)
+        if not values:
+            return Percentiles()
+        return Percentiles(
+            count=len(values),
+            p50=_exact(values, 0.50),
+            p95=_exact(values, 0.95),
+            p99=_exact(values, 0.99),
+            max=values[-1],
+        )
+
+    def since_start(self) -> Percentiles:
+        if not self._count:
+            return Percentiles()
+        return Percentiles(
+            count=self._count,
+            p50=self._bucketed(0.50),
+            p95=self._bucketed(0.95),
+            p99=self._bucketed(0.99),
+            max=round(self._max, 3),
+        )
+
+    def _bucketed(self, q: float) -> float:
+        rank = max(1, math.ceil(q * self._count))
+        seen = 0
+        for index, count in enumerate(self._buckets):
+            seen += count
+            if seen >= rank:
+                upper = _BOUNDS[index] if index < len(_BOUNDS) else self._max
+                return round(min(upper, self._max), 3)
+        return round(self._max, 3)
+
+
+def _exact(values: list[float], q: float) -> float:
+    return round(values[max(0, math.ceil(q * len(values)) - 1)], 3)
+
+
+class DistributionStats(BaseModel):
+    window: Percentiles = Field(description=f"Over the last {WINDOW} checkouts (exact).")
+    since_start: Percentiles = Field(description="Since the pool opened (within 5 %).")
+
+
+class Timings(BaseModel):
+    """The /pool/stats "timings" section."""
+
+    acquire_wait_ms: DistributionStats
+    hold_ms: DistributionStats
+    max_in_use: int = Field(description="Most connections lent to requests at once.")
+    max_waiting: int = Field(description="Most requests waiting for a connection at once.")
+    slow_holders: int = Field(description="Checkouts held longer than DBPOOL_LEAK_THRESHOLD.")
+
+
+@dataclass(eq=False)
+class Holding:
+    started: float
+    route: str
+    reported: bool = False
+
+
+class Recorder:
+    """Times every checkout; warns once per checkout held longer than leak_threshold."""
+
+    def __init__(self, pool_name: str, leak_threshold: float | None) -> None:
+        self.wait = Distribution()
+        self.hold = Distribution()
+        self.in_use = 0
+        self.waiting = 0
+        self.max_in_use = 0
+        self.max_waiting = 0
+        self.slow_holders = 0
+        self._name = pool_name
+        self._leak_threshold = leak_threshold
+        self._holdings: set[Holding] = set()
+
+    def wait_started(self) -> float:
+        """A request starts waiting for a connection; returns the start time."""
+        self.waiting += 1
+        if self.waiting > self.max_waiting:
+            self.max_waiting = self.waiting
+        return monotonic()
+
+    def wait_ended(self, started: float) -> None:
+        """The wait ended, with a connection or without one (timeout, full queue)."""
+        self.waiting -= 1
+        self.wait.add((monotonic() - started) * 1000)
+
+    def hold_started(self, route: str) -> Holding:
+        """A request got its connection."""
+        self.in_use += 1
+        if self.in_use > self.max_in_use:
+            self.max_in_use = self.in_use
+        holding = Holding(monotonic(), route)
+        self._holdings.add(holding)
+        return holding
+
+    def hold_ended(self, holding: Holding) -> None:
+        self.in_use -= 1
+        self._holdings.discard(holding)
+        self.hold.add((monotonic() - holding.started) * 1000)
+
+    async def watch(self) -> None:
+        """Warn once per checkout held longer than leak_threshold (runs until cancelled).
+
+        One sweep a fraction of the threshold apart, rather than a timer per checkout."""
+        threshold = self._leak_threshold
+        if threshold is None:
+            return
+        while True:
+            await asyncio.sleep(max(0.05, threshold / 4))
+            now = monotonic()
+            for holding in list(self._holdings):
+                if not holding.reported and now - holding.started >= threshold:
+                    holding.reported = True
+                    self.slow_holders += 1
+                    logger.warning(
+                        "pool %r: %s has held a connection for %.1f s "
+                        "(DBPOOL_LEAK_THRESHOLD %s s): a leak, or work that should not hold "
+                        "a connection",
+                        self._name,
+                        holding.route,
+                        now - holding.started,
+                        threshold,
+                    )
+
+    def snapshot(self) -> Timings:
+        return Timings(
+            acquire_wait_ms=DistributionStats(
+                window=self.wait.window(), since_start=self.wait.since_start()
+            ),
+            hold_ms=DistributionStats(
+                window=self.hold.window(), since_start=self.hold.since_start()
+            ),
+            max_in_use=self.max_in_use,
+            max_waiting=self.max_waiting,
+            slow_holders=self.slow_holders,
+        )

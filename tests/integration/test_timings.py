@@ -1,0 +1,59 @@
+"""Checkout timings in /pool/stats, and slow holders named by route."""
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from .conftest import SettingsFactory, build_app
+
+ClientFor = Callable[[FastAPI], TestClient]
+
+
+def test_hold_and_wait_percentiles_on_a_known_workload(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    client = client_for(build_app(make_settings(min_size=1, max_size=1, timeout=5.0)))
+    for _ in range(5):
+        assert client.get("/sleep", params={"seconds": 0.2}).status_code == 200
+    timings = client.get("/pool/stats").json()["timings"]
+    hold = timings["hold_ms"]["window"]
+    assert hold["count"] == 5
+    assert 190 <= hold["p50"] <= 400
+    assert timings["acquire_wait_ms"]["window"]["p50"] < 50  # nobody waited
+
+    # Three at once on one connection: they wait about 0, 300 and 600 ms.
+    with ThreadPoolExecutor(3) as executor:
+        responses = list(
+            executor.map(lambda _: client.get("/sleep", params={"seconds": 0.3}), range(3))
+        )
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    timings = client.get("/pool/stats").json()["timings"]
+    assert 500 <= timings["acquire_wait_ms"]["window"]["max"] <= 1500
+    assert timings["max_in_use"] == 1
+    assert timings["max_waiting"] >= 2
+    since = timings["hold_ms"]["since_start"]
+    assert since["count"] == 8
+    assert 190 <= since["p50"] <= 500
+
+
+def test_slow_holder_is_reported_once_with_its_route(
+    make_settings: SettingsFactory, client_for: ClientFor, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="fastapi_dbpool")
+    client = client_for(build_app(make_settings(leak_threshold=0.3)))
+    assert client.get("/value").status_code == 200
+    assert client.get("/sleep", params={"seconds": 0.8}).status_code == 200
+    warnings = [r.getMessage() for r in caplog.records if "has held a connection" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "GET /sleep has held a connection for 0." in warnings[0]
+    assert client.get("/pool/stats").json()["timings"]["slow_holders"] == 1
+
+
+def test_metrics_off_records_nothing(make_settings: SettingsFactory, client_for: ClientFor) -> None:
+    client = client_for(build_app(make_settings(metrics=False)))
+    assert client.get("/value").status_code == 200
+    assert client.get("/pool/stats").json()["timings"] is None
