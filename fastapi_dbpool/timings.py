@@ -58,7 +58,7 @@ class Distribution:
             p50=_exact(values, 0.50),
             p95=_exact(values, 0.95),
             p99=_exact(values, 0.99),
-            max=values[-1],
+            max=round(values[-1], 3),
         )
 
     def since_start(self) -> Percentiles:
