@@ -98,6 +98,8 @@ class DatabasePool:
         """Open the pool; fail fast with a clear reason unless settings.fail_fast is off."""
         if self.recorder is not None:
             self._start(self.recorder.watch())
+        if self.settings.log_stats_interval is not None:
+            self._start(self._log_summaries(self.settings.log_stats_interval))
         try:
             await self._open()
         except BaseException:
@@ -237,6 +239,28 @@ class DatabasePool:
             return
         self._last_check = now
         self._start(self._check_pool())
+
+    def summary(self) -> str:
+        """One line: the pool's state now, for logs (no secrets, key=value)."""
+        stats = self.pool.get_stats()
+        size, free = stats.get("pool_size", 0), stats.get("pool_available", 0)
+        parts = [
+            f"pool={self.settings.name}",
+            f"total={size}",
+            f"free={free}",
+            f"in_use={max(0, size - free)}",
+            f"waiting={stats.get('requests_waiting', 0)}",
+            f"unavailable={sum(self.unavailable.values())}",
+        ]
+        if self.recorder is not None:
+            parts.append(f"wait_p95_ms={self.recorder.wait.window().p95}")
+            parts.append(f"hold_p95_ms={self.recorder.hold.window().p95}")
+        return " ".join(parts)
+
+    async def _log_summaries(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            logger.info("%s", self.summary())
 
     def _start(self, work: Coroutine[Any, Any, None]) -> None:
         """Run work in the background until it ends or the pool closes."""

@@ -161,6 +161,13 @@ class PoolSettings(BaseSettings):
         description="Seconds a request may hold a connection before a warning names its "
         "route (once per checkout); unset (empty) turns the check off.",
     )
+    log_stats_interval: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Every this many seconds, log one summary line of the pool (sizes, "
+        "waiting, p95 wait and hold, 503s); unset: no summary.",
+    )
     health_timeout: float = Field(
         2.0, gt=0, allow_inf_nan=False, description="Seconds /health/db waits before answering 503."
     )
@@ -184,6 +191,7 @@ class PoolSettings(BaseSettings):
         "idle_in_transaction_timeout",
         "tcp_user_timeout",
         "leak_threshold",
+        "log_stats_interval",
         "password",
         mode="before",
     )

@@ -4,6 +4,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from fastapi_dbpool.advice import Advice, advise
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.timings import Timings
 
@@ -51,6 +52,9 @@ class PoolStats(BaseModel):
     timings: Timings | None = Field(
         None, description="Checkout wait and hold times; absent with DBPOOL_METRICS=false."
     )
+    advice: Advice | None = Field(
+        None, description="Sizing verdict from the timings; absent with DBPOOL_METRICS=false."
+    )
 
 
 class Health(BaseModel):
@@ -66,6 +70,16 @@ class Health(BaseModel):
 def snapshot(database: DatabasePool) -> PoolStats:
     """Read the pool's counters without resetting them (get_stats, not pop_stats)."""
     counters = PoolCounters.model_validate(database.pool.get_stats())
+    timings = database.recorder.snapshot() if database.recorder is not None else None
+    advice = None
+    if timings is not None:
+        advice = advise(
+            min_size=database.settings.min_size,
+            max_size=database.settings.max_size,
+            timings=timings,
+            shed=database.unavailable["pool_timeout"] + database.unavailable["queue_full"],
+            timeout=database.settings.timeout,
+        )
     return PoolStats(
         name=database.settings.name,
         status="closed" if database.pool.closed else "open",
@@ -75,5 +89,6 @@ def snapshot(database: DatabasePool) -> PoolStats:
         waiting=counters.requests_waiting,
         counters=counters,
         unavailable=Unavailable.model_validate(dict(database.unavailable)),
-        timings=database.recorder.snapshot() if database.recorder is not None else None,
+        timings=timings,
+        advice=advice,
     )

@@ -8,6 +8,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from fastapi_dbpool.testing import DatabaseServer
+
 from .conftest import SettingsFactory, build_app
 
 ClientFor = Callable[[FastAPI], TestClient]
@@ -57,3 +59,54 @@ def test_metrics_off_records_nothing(make_settings: SettingsFactory, client_for:
     client = client_for(build_app(make_settings(metrics=False)))
     assert client.get("/value").status_code == 200
     assert client.get("/pool/stats").json()["timings"] is None
+
+
+def test_advice_flips_to_saturated_under_exhaustion(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    client = client_for(build_app(make_settings(min_size=1, max_size=1, timeout=0.3)))
+    with ThreadPoolExecutor(3) as executor:
+        list(executor.map(lambda _: client.get("/sleep", params={"seconds": 0.6}), range(3)))
+    advice = client.get("/pool/stats").json()["advice"]
+    assert advice["verdict"] == "saturated"
+    assert "raise DBPOOL_MAX_SIZE" in advice["message"]
+    assert advice["figures"]["shed_503"] >= 1
+
+
+def test_advice_says_over_provisioned_for_an_oversized_idle_pool(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    client = client_for(build_app(make_settings(min_size=1, max_size=8)))
+    for _ in range(5):
+        assert client.get("/value").status_code == 200  # one at a time: 1 connection is enough
+    advice = client.get("/pool/stats").json()["advice"]
+    assert advice["verdict"] == "over-provisioned"
+    assert advice["figures"]["max_in_use"] == 1
+
+
+def test_advice_is_ok_when_the_pool_fits(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    client = client_for(build_app(make_settings(min_size=1, max_size=2, timeout=5.0)))
+    with ThreadPoolExecutor(2) as executor:
+        list(executor.map(lambda _: client.get("/sleep", params={"seconds": 0.3}), range(2)))
+    assert client.get("/pool/stats").json()["advice"]["verdict"] == "ok"
+
+
+def test_periodic_summary_line_has_no_secrets(
+    make_settings: SettingsFactory,
+    client_for: ClientFor,
+    caplog: pytest.LogCaptureFixture,
+    database_server: DatabaseServer,
+) -> None:
+    import time
+
+    caplog.set_level(logging.INFO, logger="fastapi_dbpool")
+    client = client_for(build_app(make_settings(log_stats_interval=0.2)))
+    assert client.get("/value").status_code == 200
+    time.sleep(0.5)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pool=")]
+    assert lines, "no summary line was logged"
+    assert "total=" in lines[-1] and "wait_p95_ms=" in lines[-1] and "unavailable=0" in lines[-1]
+    if database_server.password:
+        assert database_server.password not in caplog.text
