@@ -4,8 +4,9 @@ from time import perf_counter
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from fastapi_dbpool import metrics
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.dependencies import get_database
 from fastapi_dbpool.stats import Health, PoolStats, snapshot
@@ -36,3 +37,16 @@ async def health_db(database: _Database) -> JSONResponse:
 async def pool_stats(database: _Database) -> PoolStats:
     """The pool's state and psycopg-pool's counters; reading them resets nothing."""
     return snapshot(database)
+
+
+@pool_router.get(
+    "/pool/metrics",
+    response_class=PlainTextResponse,
+    responses={501: {"description": "prometheus_client is not installed."}},
+    summary="Pool metrics in the Prometheus text format",
+)
+async def pool_metrics(database: _Database) -> Response:
+    """Gauges, counters and histograms of the pool, labelled by pool name."""
+    if not metrics.available:
+        return PlainTextResponse(metrics.INSTALL_HINT + "\n", status_code=501)
+    return Response(metrics.render(database), media_type="text/plain; version=0.0.4; charset=utf-8")

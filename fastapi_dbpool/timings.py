@@ -5,6 +5,7 @@ only when the stats are read.
 """
 
 import asyncio
+import bisect
 import logging
 import math
 from collections import deque
@@ -20,6 +21,9 @@ WINDOW = 1024  # the most recent checkouts the "recent" percentiles are over
 _BASE, _GROWTH, _NBUCKETS = 0.01, 1.05, 370
 _BOUNDS = [_BASE * _GROWTH**i for i in range(_NBUCKETS)]
 _LOG_GROWTH = math.log(_GROWTH)
+# Prometheus histogram bounds, seconds (counted exactly).
+HISTOGRAM_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_HISTOGRAM_BOUNDS_MS = [bound * 1000 for bound in HISTOGRAM_BOUNDS]
 
 
 class Percentiles(BaseModel):
@@ -40,14 +44,26 @@ class Distribution:
         self._buckets = [0] * (len(_BOUNDS) + 1)
         self._count = 0
         self._max = 0.0
+        self.sum_ms = 0.0
+        self._histogram = [0] * (len(HISTOGRAM_BOUNDS) + 1)
 
     def add(self, ms: float) -> None:
         self.recent.append(ms)
         index = math.ceil(math.log(ms / _BASE) / _LOG_GROWTH) if ms > _BASE else 0
         self._buckets[min(index, _NBUCKETS)] += 1
         self._count += 1
+        self.sum_ms += ms
+        self._histogram[bisect.bisect_left(_HISTOGRAM_BOUNDS_MS, ms)] += 1
         if ms > self._max:
             self._max = ms
+
+    def histogram(self) -> list[tuple[str, int]]:
+        """Cumulative counts per upper bound in seconds, "+Inf" last (Prometheus' le)."""
+        buckets, seen = [], 0
+        for bound, count in zip((*HISTOGRAM_BOUNDS, math.inf), self._histogram, strict=True):
+            seen += count
+            buckets.append(("+Inf" if bound == math.inf else str(bound), seen))
+        return buckets
 
     def window(self) -> Percentiles:
         values = sorted(self.recent)
