@@ -184,4 +184,5 @@ def test_creating_the_app_reads_no_settings_and_connects_to_nothing(
         "/users/{user_id}",
         "/health/db",
         "/pool/stats",
+        "/pool/metrics",
     }
