@@ -38,8 +38,10 @@ async def _psycopg(url: str, size: int, **kwargs: Any) -> AsyncIterator[tuple[Ch
 
 
 @asynccontextmanager
-async def _dbpool(url: str, size: int, read: bool) -> AsyncIterator[tuple[Checkout, Query]]:
-    database = DatabasePool(PoolSettings(url=url, min_size=size, max_size=size))
+async def _dbpool(
+    url: str, size: int, read: bool, metrics: bool = True
+) -> AsyncIterator[tuple[Checkout, Query]]:
+    database = DatabasePool(PoolSettings(url=url, min_size=size, max_size=size, metrics=metrics))
     await database.open()
     await database.pool.wait()
     try:
@@ -71,6 +73,10 @@ POOLS: dict[str, tuple[str, Callable[[str, int], AbstractAsyncContextManager[Any
     "dbpool-transaction": (
         "fastapi_dbpool transaction() (what get_conn runs)",
         lambda url, n: _dbpool(url, n, read=False),
+    ),
+    "dbpool-transaction-nometrics": (
+        "fastapi_dbpool transaction(), DBPOOL_METRICS=false",
+        lambda url, n: _dbpool(url, n, read=False, metrics=False),
     ),
     "dbpool-autocommit": (
         "fastapi_dbpool autocommit() (what get_read_conn runs)",
