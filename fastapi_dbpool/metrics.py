@@ -33,6 +33,37 @@ def render(database: DatabasePool) -> bytes:
 
 
 if available:
+    # One sample per pool, straight from psycopg-pool's counters: name, help, key, type.
+    _FROM_STATS: tuple[
+        tuple[str, str, str, type[GaugeMetricFamily] | type[CounterMetricFamily]], ...
+    ] = (
+        ("dbpool_connections_max", "max_size of the pool.", "pool_max", GaugeMetricFamily),
+        (
+            "dbpool_requests_waiting",
+            "Requests waiting for a connection.",
+            "requests_waiting",
+            GaugeMetricFamily,
+        ),
+        ("dbpool_checkouts", "Connection requests.", "requests_num", CounterMetricFamily),
+        (
+            "dbpool_connections_opened",
+            "Connections opened.",
+            "connections_num",
+            CounterMetricFamily,
+        ),
+        (
+            "dbpool_connection_errors",
+            "Failed connection attempts.",
+            "connections_errors",
+            CounterMetricFamily,
+        ),
+        (
+            "dbpool_connections_lost",
+            "Connections found broken by a check.",
+            "connections_lost",
+            CounterMetricFamily,
+        ),
+    )
 
     class _PoolCollector(Collector):
         def __init__(self, database: DatabasePool) -> None:
@@ -51,36 +82,10 @@ if available:
             connections.add_metric([name, "idle"], free)
             connections.add_metric([name, "in_use"], max(0, size - free))
             yield connections
-            yield _gauge(
-                "dbpool_connections_max", "max_size of the pool.", name, stats.get("pool_max", 0)
-            )
-            yield _gauge(
-                "dbpool_requests_waiting",
-                "Requests waiting for a connection.",
-                name,
-                stats.get("requests_waiting", 0),
-            )
-            yield _counter(
-                "dbpool_checkouts", "Connection requests.", name, stats.get("requests_num", 0)
-            )
-            yield _counter(
-                "dbpool_connections_opened",
-                "Connections opened.",
-                name,
-                stats.get("connections_num", 0),
-            )
-            yield _counter(
-                "dbpool_connection_errors",
-                "Failed connection attempts.",
-                name,
-                stats.get("connections_errors", 0),
-            )
-            yield _counter(
-                "dbpool_connections_lost",
-                "Connections found broken by a check.",
-                name,
-                stats.get("connections_lost", 0),
-            )
+            for metric, doc, key, family in _FROM_STATS:
+                single = family(metric, doc, labels=["pool"])
+                single.add_metric([name], stats.get(key, 0))
+                yield single
             unavailable = CounterMetricFamily(
                 "dbpool_unavailable", "503 answers, by cause.", labels=["pool", "cause"]
             )
@@ -103,13 +108,3 @@ if available:
                     [name], buckets=distribution.histogram(), sum_value=distribution.sum_ms / 1000
                 )
                 yield histogram
-
-    def _gauge(metric: str, doc: str, pool: str, value: float) -> GaugeMetricFamily:
-        family = GaugeMetricFamily(metric, doc, labels=["pool"])
-        family.add_metric([pool], value)
-        return family
-
-    def _counter(metric: str, doc: str, pool: str, value: float) -> CounterMetricFamily:
-        family = CounterMetricFamily(metric, doc, labels=["pool"])
-        family.add_metric([pool], value)
-        return family
