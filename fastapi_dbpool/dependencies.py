@@ -45,6 +45,22 @@ def get_pool(request: HTTPConnection) -> AsyncConnectionPool[AsyncConnection[Any
 
 
 @asynccontextmanager
+async def _pooled(database: DatabasePool, route: str) -> AsyncIterator[AsyncConnection[Any]]:
+    """A timed checkout whose pool and connection errors come out as HTTP answers."""
+    conn: AsyncConnection[Any] | None = None
+    try:
+        async with database.checkout(route) as conn:
+            try:
+                yield conn
+            except Exception as exc:
+                _reraise(database, exc, conn)
+    except HTTPException:
+        raise
+    except Exception as exc:
+        _reraise(database, exc, conn)
+
+
+@asynccontextmanager
 async def transaction(
     database: DatabasePool, route: str = ""
 ) -> AsyncIterator[AsyncConnection[Any]]:
@@ -53,36 +69,28 @@ async def transaction(
     Pool and connection errors come out as HTTP answers (503, 504, 500 for a failed commit);
     every other error passes unchanged, after the rollback.
     """
-    conn: AsyncConnection[Any] | None = None
-    try:
-        async with database.checkout(route) as conn:
-            try:
-                yield conn
-            except Exception as exc:
-                _reraise(database, exc, conn)
-            if conn.info.transaction_status == TransactionStatus.INERROR:
-                # COMMIT of an aborted transaction silently rolls back: never answer 200 then.
+    async with _pooled(database, route) as conn:
+        yield conn
+        if conn.info.transaction_status == TransactionStatus.INERROR:
+            # COMMIT of an aborted transaction silently rolls back: never answer 200 then.
+            logger.warning(
+                "the endpoint returned after an SQL error it caught, so nothing could be "
+                "committed; answering 500 (use a savepoint, conn.transaction(), to recover)"
+            )
+            await conn.rollback()
+            raise CommitFailed()
+        try:
+            await conn.commit()
+        except psycopg.Error as exc:
+            translated = _translate(database, exc, conn)
+            if translated is exc:
                 logger.warning(
-                    "the endpoint returned after an SQL error it caught, so nothing could be "
-                    "committed; answering 500 (use a savepoint, conn.transaction(), to recover)"
+                    "commit failed (%s, SQLSTATE %s); answering 500",
+                    type(exc).__name__,
+                    exc.sqlstate,
                 )
-                await conn.rollback()
-                raise CommitFailed()
-            try:
-                await conn.commit()
-            except psycopg.Error as exc:
-                if _translate(database, exc, conn) is exc:
-                    logger.warning(
-                        "commit failed (%s, SQLSTATE %s); answering 500",
-                        type(exc).__name__,
-                        exc.sqlstate,
-                    )
-                    raise CommitFailed() from exc
-                _reraise(database, exc, conn)
-    except HTTPException:
-        raise
-    except Exception as exc:
-        _reraise(database, exc, conn)
+                translated = CommitFailed()
+            raise translated from exc
 
 
 @asynccontextmanager
@@ -94,21 +102,13 @@ async def autocommit(
     The fast path for reads. Errors come out as in transaction(); the connection goes back to
     the pool in its usual (transactional) mode.
     """
-    conn: AsyncConnection[Any] | None = None
-    try:
-        async with database.checkout(route) as conn:
-            await conn.set_autocommit(True)
-            try:
-                yield conn
-            except Exception as exc:
-                _reraise(database, exc, conn)
-            finally:
-                if not conn.broken and not conn.closed:
-                    await conn.set_autocommit(False)
-    except HTTPException:
-        raise
-    except Exception as exc:
-        _reraise(database, exc, conn)
+    async with _pooled(database, route) as conn:
+        await conn.set_autocommit(True)
+        try:
+            yield conn
+        finally:
+            if not conn.broken and not conn.closed:
+                await conn.set_autocommit(False)
 
 
 def _route(request: HTTPConnection) -> str:

@@ -142,6 +142,13 @@ def build_app(settings: PoolSettings, **lifespan_kwargs: Any) -> FastAPI:
         )
         return {"id": child_id}
 
+    @app.post("/lost-before-commit")
+    async def lost_before_commit(conn: ConnDep, pool: PoolDep) -> dict[str, str]:
+        await conn.execute("SELECT 1")  # a transaction is open
+        async with pool.connection() as killer:
+            await killer.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        return {"unreachable": "the commit finds its connection gone"}
+
     @app.get("/sleep")
     async def sleep(conn: ConnDep, seconds: float = 1.0) -> dict[str, float]:
         await conn.execute("SELECT pg_sleep(%s)", (seconds,))

@@ -186,3 +186,15 @@ def test_error_recovered_with_a_savepoint_commits(
     item = new_id()
     assert client.post(f"/swallow/{item}", params={"savepoint": True}).status_code == 200
     assert row_exists(database_server.url, "items", item)
+
+
+def test_connection_lost_at_commit_answers_503_and_is_counted_once(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    client = client_for(build_app(make_settings(min_size=2, max_size=2)))
+    response = client.post("/lost-before-commit")
+    assert response.status_code == 503
+    assert response.json()["detail"] == (
+        "database unavailable: the connection to the database was lost"
+    )
+    assert client.get("/pool/stats").json()["unavailable"]["connection_lost"] == 1
