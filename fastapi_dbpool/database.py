@@ -103,8 +103,7 @@ class DatabasePool:
         try:
             await self._open()
         except BaseException:
-            for task in self._tasks:
-                task.cancel()
+            self._cancel_tasks()
             raise
 
     async def _open(self) -> None:
@@ -177,9 +176,7 @@ class DatabasePool:
 
     async def close(self) -> None:
         """Close the pool and every idle connection; connections in use close on return."""
-        for task in [*self._tasks, self._healer]:
-            if task is not None:
-                task.cancel()
+        self._cancel_tasks()
         await self.pool.close(timeout=self.settings.close_timeout)
         logger.info("pool %r closed", self.settings.name)
 
@@ -262,11 +259,16 @@ class DatabasePool:
             await asyncio.sleep(interval)
             logger.info("%s", self.summary())
 
-    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+    def _start(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run work in the background until it ends or the pool closes."""
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _cancel_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
 
     async def _check_pool(self) -> None:
         try:
@@ -326,7 +328,7 @@ class DatabasePool:
                 self.settings.reconnect_timeout,
                 _HEAL_INTERVAL,
             )
-            self._healer = asyncio.get_running_loop().create_task(self._heal())
+            self._healer = self._start(self._heal())
 
     async def _heal(self) -> None:
         """Until the pool holds min_size connections again, ask it to grow every interval."""
