@@ -5,6 +5,7 @@ python -m bench --quick         c=16 and c=64, short rounds; prints, writes no d
 python -m bench --dsn URL       use this PostgreSQL instead of an embedded one
 python -m bench --report FILE   rewrite docs/performance.md from a raw JSON result
 python -m bench --profile       py-spy on variant 1 under load (see bench/profile.py)
+python -m bench --overhead      only the DBPOOL_METRICS on/off pairs (see bench/overhead.py)
 """
 
 import argparse
@@ -23,7 +24,7 @@ from types import FrameType
 from typing import Any
 
 from bench import database as dbmod
-from bench import load, poolloop, report, servers
+from bench import load, overhead, poolloop, report, servers
 from bench.variants import VARIANTS, Variant
 from fastapi_dbpool import PoolSettings
 
@@ -40,9 +41,17 @@ FULL = {
     "loop_rounds": 3,
     "connects": 100,
     "pgbench_seconds": 5,
+    "overhead_pairs": 20,
+    "overhead_slice": 1.0,
+    "overhead_http_pairs": 10,
+    "overhead_http_levels": [64],
 }
 QUICK = {"levels": [16, 64], "rounds": 2, "duration": 2, "warmup": 1,
-         "loop_seconds": 1.0, "loop_rounds": 1, "connects": 20, "pgbench_seconds": 2}  # fmt: skip
+         "loop_seconds": 1.0, "loop_rounds": 1, "connects": 20, "pgbench_seconds": 2,
+         "overhead_pairs": 6, "overhead_slice": 1.0, "overhead_http_pairs": 3,
+         "overhead_http_levels": [64]}  # fmt: skip
+OVERHEAD = {"levels": [], "overhead_pairs": 40, "overhead_slice": 1.0, "overhead_http_pairs": 16,
+            "overhead_http_levels": [16, 64], "duration": 3}  # fmt: skip
 
 
 class _Stopped(Exception):
@@ -83,6 +92,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/performance.md")
     parser.add_argument("--report", type=Path, help="rewrite the docs from this JSON and exit")
     parser.add_argument("--profile", action="store_true", help="profile variant 1 with py-spy")
+    parser.add_argument(
+        "--overhead", action="store_true", help="only the DBPOOL_METRICS on/off pairs"
+    )
     parser.add_argument("--profile-variant", default="dbpool")
     parser.add_argument("--profile-seconds", type=int, default=15)
     parser.add_argument("--profile-connections", type=int, default=16)
@@ -153,6 +165,50 @@ def _http(
     return http
 
 
+def _overhead_pool(url: str, config: dict[str, Any], pool_size: int) -> dict[str, Any]:
+    print(f"bench: instrumentation overhead, pool loop, {config['overhead_pairs']} pairs...")
+    result = overhead.pool(
+        url, pool_size, config["loop_tasks"], config["overhead_slice"], config["overhead_pairs"]
+    )
+    print("  " + overhead.line("pool loop", result), flush=True)
+    return result
+
+
+def _overhead_http(
+    apps: dict[str, servers.App], config: dict[str, Any], scripts: dict[str, Path]
+) -> dict[str, Any]:
+    out = {}
+    for level in config["overhead_http_levels"]:
+        print(f"bench: instrumentation overhead, HTTP c={level}, "
+              f"{config['overhead_http_pairs']} pairs...", flush=True)  # fmt: skip
+        result = overhead.http(apps["dbpool"], apps["dbpool-nometrics"], scripts["users"], level,
+                               config["duration"], config["overhead_http_pairs"])  # fmt: skip
+        print("  " + overhead.line(f"HTTP c={level}", result), flush=True)
+        out[f"c{level}"] = result
+    return out
+
+
+def run_overhead(args: argparse.Namespace) -> int:
+    """Only the paired on/off measurement: python -m bench --overhead."""
+    started = time.monotonic()
+    config: dict[str, Any] = {**FULL, **OVERHEAD, "loop_tasks": 64}
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = RESULTS / (stamp + "-overhead")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    scripts = load.write_scripts(run_dir)
+    variants = [v for v in VARIANTS if v.key in ("dbpool", "dbpool-nometrics")]
+    results: dict[str, Any] = {"config": config, "loadavg_start": os.getloadavg()}
+    with dbmod.database(args.dsn) as db:
+        results["pool"] = _overhead_pool(db.url, config, args.pool_size)
+        with servers.running(variants, db.url, run_dir, args.pool_size) as apps:
+            results["http"] = _overhead_http(apps, config, scripts)
+    results["elapsed_s"] = time.monotonic() - started
+    results["versions"] = _versions(db.version)
+    (run_dir / "overhead.json").write_text(json.dumps(results, indent=2))
+    print(f"bench: done in {results['elapsed_s']:.0f} s; raw results {run_dir / 'overhead.json'}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     config: dict[str, Any] = dict(QUICK if args.quick else FULL)
@@ -195,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         for key, item in results["pool_loop"].items():
             print(f"  {key:<34} {item['ops']:>8,.0f} queries/s", flush=True)
+        results["overhead"] = {"pool": _overhead_pool(db.url, config, args.pool_size)}
         print("bench: pgbench...", flush=True)
         results["pgbench"] = dbmod.ceiling(
             db, config["pgbench_seconds"], config["pgbench_clients"], run_dir
@@ -204,6 +261,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"bench: HTTP, {len(variants)} apps, levels {config['levels']}...", flush=True)
         with servers.running(variants, db.url, run_dir, args.pool_size) as apps:
             results["http"] = _http(apps, config, scripts, deadline, notes)
+            if "dbpool" in apps and "dbpool-nometrics" in apps:
+                results["overhead"]["http"] = _overhead_http(apps, config, scripts)
         results["database"] = {"source": db.source, "version": db.version,
                                "settings": db.settings or {}}  # fmt: skip
         versions = _versions(db.version)
@@ -238,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             from bench import profile
 
             return profile.run(args, RESULTS)
-        return run(args)
+        return run_overhead(args) if args.overhead else run(args)
     except (_Stopped, KeyboardInterrupt) as exc:
         print(f"bench: stopped ({exc or 'interrupt'}); every server was stopped", file=sys.stderr)
         return 130

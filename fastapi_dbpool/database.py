@@ -208,19 +208,17 @@ class DatabasePool:
                 yield conn
             return
         started = recorder.wait_started()
-        waited = False
+        token = 0
         try:
             async with self.pool.connection(timeout) as conn:
-                recorder.wait_ended(started)
-                waited = True
-                holding = recorder.hold_started(route)
+                token = recorder.acquired(started, route)
                 try:
                     yield conn
                 finally:
-                    recorder.hold_ended(holding)
+                    recorder.released(token)
         finally:
-            if not waited:
-                recorder.wait_ended(started)
+            if not token:
+                recorder.not_acquired(started)
 
     def count_unavailable(self, reason: UnavailableReason) -> None:
         """Count one 503 answer, and check the idle connections if the cause was a lost one."""

@@ -9,7 +9,6 @@ import bisect
 import logging
 import math
 from collections import deque
-from dataclasses import dataclass
 from time import monotonic
 
 from pydantic import BaseModel, Field
@@ -37,28 +36,49 @@ class Percentiles(BaseModel):
 
 
 class Distribution:
-    """Durations in ms: exact over the last WINDOW samples, bucketed since start."""
+    """Durations in ms: exact over the last WINDOW samples, bucketed since start.
+
+    add() only appends: samples are folded into the buckets a window at a time, or when read.
+    """
 
     def __init__(self) -> None:
         self.recent: deque[float] = deque(maxlen=WINDOW)
+        self._pending: list[float] = []
         self._buckets = [0] * (len(_BOUNDS) + 1)
         self._count = 0
         self._max = 0.0
-        self.sum_ms = 0.0
+        self._sum_ms = 0.0
         self._histogram = [0] * (len(HISTOGRAM_BOUNDS) + 1)
 
     def add(self, ms: float) -> None:
-        self.recent.append(ms)
-        index = math.ceil(math.log(ms / _BASE) / _LOG_GROWTH) if ms > _BASE else 0
-        self._buckets[min(index, _NBUCKETS)] += 1
-        self._count += 1
-        self.sum_ms += ms
-        self._histogram[bisect.bisect_left(_HISTOGRAM_BOUNDS_MS, ms)] += 1
-        if ms > self._max:
-            self._max = ms
+        pending = self._pending
+        pending.append(ms)
+        if len(pending) >= WINDOW:
+            self._fold()
+
+    def _fold(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        self.recent.extend(pending)
+        buckets, histogram = self._buckets, self._histogram
+        log, ceil, bisect_left = math.log, math.ceil, bisect.bisect_left
+        for ms in pending:
+            index = ceil(log(ms / _BASE) / _LOG_GROWTH) if ms > _BASE else 0
+            buckets[index if index < _NBUCKETS else _NBUCKETS] += 1
+            histogram[bisect_left(_HISTOGRAM_BOUNDS_MS, ms)] += 1
+        self._count += len(pending)
+        self._sum_ms += sum(pending)
+        self._max = max(self._max, max(pending))
+
+    @property
+    def sum_ms(self) -> float:
+        self._fold()
+        return self._sum_ms
 
     def histogram(self) -> list[tuple[str, int]]:
         """Cumulative counts per upper bound in seconds, "+Inf" last (Prometheus' le)."""
+        self._fold()
         buckets, seen = [], 0
         for bound, count in zip((*HISTOGRAM_BOUNDS, math.inf), self._histogram, strict=True):
             seen += count
@@ -66,6 +86,7 @@ class Distribution:
         return buckets
 
     def window(self) -> Percentiles:
+        self._fold()
         values = sorted(self.recent)
         if not values:
             return Percentiles()
@@ -78,6 +99,7 @@ class Distribution:
         )
 
     def since_start(self) -> Percentiles:
+        self._fold()
         if not self._count:
             return Percentiles()
         return Percentiles(
@@ -118,15 +140,11 @@ class Timings(BaseModel):
     slow_holders: int = Field(description="Checkouts held longer than DBPOOL_LEAK_THRESHOLD.")
 
 
-@dataclass(eq=False)
-class Holding:
-    started: float
-    route: str
-    reported: bool = False
-
-
 class Recorder:
-    """Times every checkout; warns once per checkout held longer than leak_threshold."""
+    """Times every checkout; warns once per checkout held longer than leak_threshold.
+
+    The hot path is two calls per checkout (acquired, released): a few counters, two
+    monotonic() reads and two list appends."""
 
     def __init__(self, pool_name: str, leak_threshold: float | None) -> None:
         self.wait = Distribution()
@@ -138,7 +156,9 @@ class Recorder:
         self.slow_holders = 0
         self._name = pool_name
         self._leak_threshold = leak_threshold
-        self._holdings: set[Holding] = set()
+        self._last_token = 0
+        self._holdings: dict[int, tuple[float, str]] = {}  # token: (since, route)
+        self._reported: set[int] = set()
 
     def wait_started(self) -> float:
         """A request starts waiting for a connection; returns the start time."""
@@ -147,24 +167,30 @@ class Recorder:
             self.max_waiting = self.waiting
         return monotonic()
 
-    def wait_ended(self, started: float) -> None:
-        """The wait ended, with a connection or without one (timeout, full queue)."""
+    def acquired(self, started: float, route: str) -> int:
+        """The request waiting since started got its connection; returns the holding's token."""
+        now = monotonic()
+        self.waiting -= 1
+        self.wait.add((now - started) * 1000)
+        in_use = self.in_use = self.in_use + 1
+        if in_use > self.max_in_use:
+            self.max_in_use = in_use
+        token = self._last_token = self._last_token + 1
+        self._holdings[token] = (now, route)
+        return token
+
+    def not_acquired(self, started: float) -> None:
+        """The wait ended without a connection (timeout, full queue, closed pool)."""
         self.waiting -= 1
         self.wait.add((monotonic() - started) * 1000)
 
-    def hold_started(self, route: str) -> Holding:
-        """A request got its connection."""
-        self.in_use += 1
-        if self.in_use > self.max_in_use:
-            self.max_in_use = self.in_use
-        holding = Holding(monotonic(), route)
-        self._holdings.add(holding)
-        return holding
-
-    def hold_ended(self, holding: Holding) -> None:
+    def released(self, token: int) -> None:
+        """The connection of the holding token went back to the pool."""
         self.in_use -= 1
-        self._holdings.discard(holding)
-        self.hold.add((monotonic() - holding.started) * 1000)
+        since = self._holdings.pop(token)[0]
+        self.hold.add((monotonic() - since) * 1000)
+        if self._reported:
+            self._reported.discard(token)
 
     async def watch(self) -> None:
         """Warn once per checkout held longer than leak_threshold (runs until cancelled).
@@ -176,17 +202,17 @@ class Recorder:
         while True:
             await asyncio.sleep(max(0.05, threshold / 4))
             now = monotonic()
-            for holding in list(self._holdings):
-                if not holding.reported and now - holding.started >= threshold:
-                    holding.reported = True
+            for token, (since, route) in list(self._holdings.items()):
+                if token not in self._reported and now - since >= threshold:
+                    self._reported.add(token)
                     self.slow_holders += 1
                     logger.warning(
                         "pool %r: %s has held a connection for %.1f s "
                         "(DBPOOL_LEAK_THRESHOLD %s s): a leak, or work that should not hold "
                         "a connection",
                         self._name,
-                        holding.route,
-                        now - holding.started,
+                        route,
+                        now - since,
                         threshold,
                     )
 
