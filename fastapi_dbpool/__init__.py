@@ -9,7 +9,10 @@ from fastapi_dbpool.dependencies import (
     StreamConnDep,
     autocommit,
     get_conn,
+    get_conn_for,
     get_database,
+    get_database_for,
+    get_databases,
     get_pool,
     get_read_conn,
     get_stream_conn,
@@ -22,21 +25,25 @@ from fastapi_dbpool.errors import (
     QueryTimeout,
 )
 from fastapi_dbpool.lifespan import create_pool_lifespan, pool_lifespan
+from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.router import pool_router
 from fastapi_dbpool.settings import PoolSettings, SettingsError
-from fastapi_dbpool.stats import Health, PoolCounters, PoolStats
+from fastapi_dbpool.stats import AppPoolStats, Health, PoolCounters, PoolHealth, PoolStats
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AppPoolStats",
     "CommitFailed",
     "ConnDep",
     "DatabaseDep",
     "DatabasePool",
     "DatabaseUnavailable",
+    "Databases",
     "Health",
     "PoolCounters",
     "PoolDep",
+    "PoolHealth",
     "PoolSettings",
     "PoolStartupError",
     "PoolStats",
@@ -48,7 +55,10 @@ __all__ = [
     "autocommit",
     "create_pool_lifespan",
     "get_conn",
+    "get_conn_for",
     "get_database",
+    "get_database_for",
+    "get_databases",
     "get_pool",
     "get_read_conn",
     "get_stream_conn",

@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import os
+import select
 import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
@@ -12,6 +13,7 @@ from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.pq import ConnStatus
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from fastapi_dbpool._redact import describe_conninfo, mask_conninfo, redact
@@ -56,6 +58,8 @@ class DatabasePool:
         self._last_check = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._healer: asyncio.Task[None] | None = None
+        self.down = False  # a replica that could not serve: reads skip it until a ping works
+        self.fallbacks = 0  # reads this replica could not take, sent elsewhere
         self.recorder = (
             Recorder(settings.name, settings.leak_threshold) if settings.metrics else None
         )
@@ -110,16 +114,19 @@ class DatabasePool:
         try:
             await self._probe()
         except PoolStartupError as exc:
-            if self.settings.fail_fast:
+            if self.settings.fail_fast and self.settings.is_required:
                 raise
-            logger.warning("%s; starting degraded (DBPOOL_FAIL_FAST=false)", exc)
+            why = "DBPOOL_FAIL_FAST=false" if self.settings.is_required else "not required"
+            logger.warning("%s; starting degraded (%s)", exc, why)
             await self.pool.open(wait=False)
+            if self.settings.replica:
+                self.mark_down()
             return
         await self.pool.open(wait=False)
         try:
             await self.pool.wait(timeout=self.settings.open_timeout)
         except PoolTimeout:
-            if self.settings.fail_fast:
+            if self.settings.fail_fast and self.settings.is_required:
                 await self.pool.close()
                 raise PoolStartupError(
                     f"could not open DBPOOL_MIN_SIZE ({self.settings.min_size}) connections to "
@@ -220,6 +227,35 @@ class DatabasePool:
             if not token:
                 recorder.not_acquired(started)
 
+    def busy(self) -> int:
+        """Connections in use plus requests waiting: how loaded the pool is, for routing."""
+        if self.recorder is not None:
+            return self.recorder.in_use + self.recorder.waiting
+        stats = self.pool.get_stats()
+        in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0)
+        return max(0, in_use) + stats.get("requests_waiting", 0)
+
+    def mark_down(self) -> None:
+        """This replica could not serve: reads skip it until a background ping works again."""
+        self.fallbacks += 1
+        if self.down or self.pool.closed:
+            return
+        self.down = True
+        logger.warning(
+            "pool %r cannot serve (%s): reads go to the other pools until it answers again",
+            self.settings.name,
+            self.target(),
+        )
+        self._start(self._until_up())
+
+    async def _until_up(self) -> None:
+        while not self.pool.closed:
+            await asyncio.sleep(_HEAL_INTERVAL / 2)
+            if await self.ping() is None:
+                self.down = False
+                logger.warning("pool %r serves again (%s)", self.settings.name, self.target())
+                return
+
     def count_unavailable(self, reason: UnavailableReason) -> None:
         """Count one 503 answer, and check the idle connections if the cause was a lost one."""
         self.unavailable[reason] += 1
@@ -304,6 +340,11 @@ class DatabasePool:
 
     async def _check(self, conn: Conn) -> None:
         idle = monotonic() - self._idle_since.get(conn, 0.0)
+        if _closed_by_server(conn):
+            # The server ended it while it sat idle (a restart, a stopped replica): discard it
+            # without a round trip; the pool hands out another one.
+            self.lost_connection()
+            raise psycopg.OperationalError("the server closed the connection while it was idle")
         if self.settings.check == "always" or idle >= self.settings.check_idle_after:
             try:
                 await AsyncConnectionPool.check_connection(conn)
@@ -342,3 +383,28 @@ class DatabasePool:
                 )
                 return
             await self._check_pool()
+
+
+def _closed_by_server(conn: Conn) -> bool:
+    """True if an idle connection's socket shows the server hung up (no round trip: a poll).
+
+    An idle connection has nothing to read unless the server sent something on its own: a
+    notification, or a termination message (FATAL) followed by the end of the stream."""
+    pgconn = conn.pgconn
+    try:
+        fd = pgconn.socket
+        for _ in range(3):  # the message, then the end of the stream, each one read
+            if not _readable(fd):
+                return pgconn.status == ConnStatus.BAD
+            pgconn.consume_input()
+    except (OSError, ValueError, psycopg.OperationalError):
+        return True
+    return pgconn.status == ConnStatus.BAD
+
+
+def _readable(fd: int) -> bool:
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])  # pragma: no cover - Windows

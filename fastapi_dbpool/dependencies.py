@@ -1,9 +1,10 @@
-"""get_pool, get_conn and get_stream_conn, with their Annotated aliases."""
+"""get_pool, get_conn, get_read_conn, get_conn_for and get_stream_conn, with their aliases."""
 
+import functools
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Annotated, Any, NoReturn
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import psycopg
 from fastapi import Depends, HTTPException
@@ -21,22 +22,40 @@ from fastapi_dbpool.errors import (
     unavailable_reason,
 )
 
+if TYPE_CHECKING:
+    from fastapi_dbpool.pools import Databases
+
 logger = logging.getLogger("fastapi_dbpool")
 
 STATE_KEY = "dbpool"
+POOLS_KEY = "dbpools"
+_NO_POOL = (
+    "no database pool on this app: create it with FastAPI(lifespan=pool_lifespan) "
+    "or FastAPI(lifespan=create_pool_lifespan(settings))"
+)
 
 
 def get_database(request: HTTPConnection) -> DatabasePool:
-    """The DatabasePool the app's lifespan opened."""
+    """The default DatabasePool the app's lifespan opened."""
     database = getattr(request.state, STATE_KEY, None)
     if database is None:
         database = getattr(request.app.state, STATE_KEY, None)
     if not isinstance(database, DatabasePool):
-        raise RuntimeError(
-            "no database pool on this app: create it with FastAPI(lifespan=pool_lifespan) "
-            "or FastAPI(lifespan=create_pool_lifespan(settings))"
-        )
+        raise RuntimeError(_NO_POOL)
     return database
+
+
+def get_databases(request: HTTPConnection) -> "Databases":
+    """Every pool of the app, by name (the default one and those of DBPOOL_POOLS)."""
+    databases = getattr(request.state, POOLS_KEY, None)
+    if databases is None:
+        databases = getattr(request.app.state, POOLS_KEY, None)
+    if databases is None:
+        from fastapi_dbpool.pools import Databases
+
+        # A DatabasePool put on the state by hand (tests, custom lifespans): a set of one.
+        return Databases([get_database(request)])
+    return databases  # type: ignore[no-any-return]
 
 
 def get_pool(request: HTTPConnection) -> AsyncConnectionPool[AsyncConnection[Any]]:
@@ -44,12 +63,21 @@ def get_pool(request: HTTPConnection) -> AsyncConnectionPool[AsyncConnection[Any
     return get_database(request).pool
 
 
+class _CannotServe(Exception):
+    """A replica could not lend a connection in time: the read goes elsewhere."""
+
+
 @asynccontextmanager
-async def _pooled(database: DatabasePool, route: str) -> AsyncIterator[AsyncConnection[Any]]:
-    """A timed checkout whose pool and connection errors come out as HTTP answers."""
+async def _pooled(
+    database: DatabasePool, route: str, timeout: float | None = None, fallback: bool = False
+) -> AsyncIterator[AsyncConnection[Any]]:
+    """A timed checkout whose pool and connection errors come out as HTTP answers.
+
+    With fallback, a checkout that fails (before the endpoint runs) raises _CannotServe and
+    marks the pool down, for the caller to try another pool."""
     conn: AsyncConnection[Any] | None = None
     try:
-        async with database.checkout(route) as conn:
+        async with database.checkout(route, timeout) as conn:
             try:
                 yield conn
             except Exception as exc:
@@ -57,19 +85,22 @@ async def _pooled(database: DatabasePool, route: str) -> AsyncIterator[AsyncConn
     except HTTPException:
         raise
     except Exception as exc:
+        if fallback and conn is None and unavailable_reason(exc) is not None:
+            database.mark_down()
+            raise _CannotServe() from exc
         _reraise(database, exc, conn)
 
 
 @asynccontextmanager
 async def transaction(
-    database: DatabasePool, route: str = ""
+    database: DatabasePool, route: str = "", timeout: float | None = None
 ) -> AsyncIterator[AsyncConnection[Any]]:
     """A pooled connection in a transaction: commit on success, roll back on error.
 
     Pool and connection errors come out as HTTP answers (503, 504, 500 for a failed commit);
     every other error passes unchanged, after the rollback.
     """
-    async with _pooled(database, route) as conn:
+    async with _pooled(database, route, timeout) as conn:
         yield conn
         if conn.info.transaction_status == TransactionStatus.INERROR:
             # COMMIT of an aborted transaction silently rolls back: never answer 200 then.
@@ -95,14 +126,14 @@ async def transaction(
 
 @asynccontextmanager
 async def autocommit(
-    database: DatabasePool, route: str = ""
+    database: DatabasePool, route: str = "", timeout: float | None = None, fallback: bool = False
 ) -> AsyncIterator[AsyncConnection[Any]]:
     """A pooled connection in autocommit: no BEGIN/COMMIT round trips; each statement commits.
 
     The fast path for reads. Errors come out as in transaction(); the connection goes back to
     the pool in its usual (transactional) mode.
     """
-    async with _pooled(database, route) as conn:
+    async with _pooled(database, route, timeout, fallback) as conn:
         await conn.set_autocommit(True)
         try:
             yield conn
@@ -149,7 +180,20 @@ async def _function_scoped(request: HTTPConnection) -> AsyncIterator[AsyncConnec
 async def _function_scoped_autocommit(
     request: HTTPConnection,
 ) -> AsyncIterator[AsyncConnection[Any]]:
-    async with autocommit(get_database(request), _route(request)) as conn:
+    databases = get_databases(request)
+    route = _route(request)
+    for replica in databases.read_order():
+        stack = AsyncExitStack()
+        try:
+            conn = await stack.enter_async_context(
+                autocommit(replica, route, timeout=replica.settings.fallback_timeout, fallback=True)
+            )
+        except _CannotServe:
+            continue  # the next replica, then the default pool
+        async with stack:
+            yield conn
+        return
+    async with autocommit(databases.default, route) as conn:
         yield conn
 
 
@@ -171,10 +215,55 @@ async def get_read_conn(
 ) -> AsyncConnection[Any]:
     """A pooled connection in autocommit, for reads: one round trip per query, no BEGIN/COMMIT.
 
-    Each statement commits on its own, so use get_conn for anything that writes more than one
+    From a replica when the app has some (DBPOOL_<NAME>_REPLICA=true), the least busy first;
+    from the default pool when none has one within its DBPOOL_<NAME>_FALLBACK_TIMEOUT. Each
+    statement commits on its own, so use get_conn for anything that writes more than one
     statement. Returned to the pool before the response is sent, like get_conn.
     """
     return conn
+
+
+ConnDependency = Callable[..., Coroutine[Any, Any, AsyncConnection[Any]]]
+
+
+@functools.cache
+def get_conn_for(name: str, *, read: bool = False) -> ConnDependency:
+    """The dependency for a connection from the pool called name, e.g. "analytics".
+
+    ``Depends(get_conn_for("analytics"))`` behaves as get_conn (a transaction, committed before
+    the response), or as get_read_conn's autocommit with read=True, on that pool. One
+    dependency per name: FastAPI shares it within a request.
+    """
+    enter = autocommit if read else transaction
+
+    async def scoped(request: HTTPConnection) -> AsyncIterator[AsyncConnection[Any]]:
+        database = _named_pool(request, name)
+        async with enter(database, _route(request)) as conn:
+            yield conn
+
+    async def dependency(
+        conn: Annotated[AsyncConnection[Any], Depends(scoped, scope="function")],
+    ) -> AsyncConnection[Any]:
+        return conn
+
+    dependency.__name__ = dependency.__qualname__ = f"get_conn_for_{name}"
+    return dependency
+
+
+def get_database_for(name: str) -> Callable[[HTTPConnection], DatabasePool]:
+    """The dependency for the DatabasePool called name."""
+
+    def dependency(request: HTTPConnection) -> DatabasePool:
+        return _named_pool(request, name)
+
+    return dependency
+
+
+def _named_pool(request: HTTPConnection, name: str) -> DatabasePool:
+    try:
+        return get_databases(request).get(name)
+    except LookupError as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 async def get_stream_conn(request: HTTPConnection) -> AsyncIterator[AsyncConnection[Any]]:

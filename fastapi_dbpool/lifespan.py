@@ -1,48 +1,82 @@
-"""pool_lifespan and create_pool_lifespan: open the pool at startup, close it at shutdown."""
+"""pool_lifespan and create_pool_lifespan: open the pools at startup, close them at shutdown."""
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
-from fastapi_dbpool.database import DatabasePool
-from fastapi_dbpool.dependencies import STATE_KEY
+from fastapi_dbpool.dependencies import POOLS_KEY, STATE_KEY
+from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.settings import PoolSettings
 
 AppT = TypeVar("AppT")
 Lifespan = Callable[[AppT], AbstractAsyncContextManager[Mapping[str, Any] | None]]
+SettingsSource = PoolSettings | Callable[[], PoolSettings]
+NamedPools = Mapping[str, SettingsSource] | Sequence[str]
 
 
 def create_pool_lifespan(
-    settings: PoolSettings | Callable[[], PoolSettings] = PoolSettings,
+    settings: SettingsSource = PoolSettings,
     *,
+    pools: NamedPools | None = None,
     lifespan: Lifespan[AppT] | None = None,
 ) -> Callable[[AppT], AbstractAsyncContextManager[dict[str, Any]]]:
-    """A lifespan that opens a pool from settings and runs the app's own lifespan inside it.
+    """A lifespan that opens the pools and runs the app's own lifespan inside them.
 
-    settings may be a PoolSettings or a callable returning one (read at startup, so importing
-    the app needs no environment). The app's own lifespan starts after the pool is open, so it
-    can use ``app.state.dbpool``, and ends before the pool closes.
+    settings is the default pool (get_conn), a PoolSettings or a callable returning one (read
+    at startup, so importing the app needs no environment). pools names the others: a list of
+    names, each read from DBPOOL_<NAME>_*, or a mapping of name to settings; without it, the
+    names in DBPOOL_POOLS. The app's own lifespan starts after every pool is open, so it can
+    use ``app.state.dbpool``, and ends before they close.
     """
 
     @asynccontextmanager
     async def _lifespan(app: AppT) -> AsyncIterator[dict[str, Any]]:
-        database = DatabasePool(settings if isinstance(settings, PoolSettings) else settings())
-        await database.open()
+        default = _resolve(settings)
+        databases = Databases.build(default, _named(default, pools))
+        await databases.open()
         state = getattr(app, "state", None)
         if state is not None:
-            setattr(state, STATE_KEY, database)
+            setattr(state, STATE_KEY, databases.default)
+            setattr(state, POOLS_KEY, databases)
+        pool_state = {STATE_KEY: databases.default, POOLS_KEY: databases}
         try:
             if lifespan is None:
-                yield {STATE_KEY: database}
+                yield pool_state
             else:
                 async with lifespan(app) as inner_state:
-                    yield {**(inner_state or {}), STATE_KEY: database}
+                    yield {**(inner_state or {}), **pool_state}
         finally:
-            if state is not None and getattr(state, STATE_KEY, None) is database:
+            if state is not None and getattr(state, POOLS_KEY, None) is databases:
                 delattr(state, STATE_KEY)
-            await database.close()
+                delattr(state, POOLS_KEY)
+            await databases.close()
 
     return _lifespan
+
+
+def _resolve(source: SettingsSource) -> PoolSettings:
+    return source if isinstance(source, PoolSettings) else source()
+
+
+def _named(default: PoolSettings, pools: NamedPools | None) -> list[PoolSettings]:
+    if pools is None:
+        return [PoolSettings.for_pool(name) for name in default.pools]
+    if isinstance(pools, Mapping):
+        return [_renamed(_resolve(source), name) for name, source in pools.items()]
+    if isinstance(pools, str):
+        raise TypeError(f"pools must be a list of names, not the string {pools!r}")
+    return [PoolSettings.for_pool(name) for name in pools]
+
+
+def _renamed(settings: PoolSettings, name: str) -> PoolSettings:
+    """settings under the name it is declared with (and that name as application_name, unless
+    one was chosen)."""
+    if settings.name == name:
+        return settings
+    update: dict[str, Any] = {"name": name}
+    if "application_name" not in settings.model_fields_set:
+        update["application_name"] = f"fastapi_dbpool:{name}"[:63]
+    return settings.model_copy(update=update)
 
 
 pool_lifespan: Callable[[Any], AbstractAsyncContextManager[dict[str, Any]]] = create_pool_lifespan()

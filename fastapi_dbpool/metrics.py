@@ -4,7 +4,7 @@ Values are read from the pool at scrape time by a collector, into a registry mad
 scrape: nothing global, nothing on the request path.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from fastapi_dbpool.database import DatabasePool
 
@@ -25,10 +25,10 @@ else:
 INSTALL_HINT = 'Prometheus metrics need prometheus_client: pip install "fastapi-dbpool[metrics]"'
 
 
-def render(database: DatabasePool) -> bytes:
-    """The exposition text for one pool."""
+def render(databases: Sequence[DatabasePool]) -> bytes:
+    """The exposition text for these pools, one sample per pool and metric."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_PoolCollector(database))
+    registry.register(_PoolCollector(databases))
     return bytes(generate_latest(registry))
 
 
@@ -66,45 +66,61 @@ if available:
     )
 
     class _PoolCollector(Collector):
-        def __init__(self, database: DatabasePool) -> None:
-            self._database = database
+        def __init__(self, databases: Sequence[DatabasePool]) -> None:
+            self._databases = databases
 
         def collect(self) -> Iterator[Metric]:
-            database, name = self._database, self._database.settings.name
-            stats = database.pool.get_stats()
-            size, free = stats.get("pool_size", 0), stats.get("pool_available", 0)
-
+            pools = [
+                (database, database.settings.name, database.pool.get_stats())
+                for database in self._databases
+            ]
             connections = GaugeMetricFamily(
                 "dbpool_connections",
                 "Connections held by the pool, by state.",
                 labels=["pool", "state"],
             )
-            connections.add_metric([name, "idle"], free)
-            connections.add_metric([name, "in_use"], max(0, size - free))
+            for _, name, stats in pools:
+                size, free = stats.get("pool_size", 0), stats.get("pool_available", 0)
+                connections.add_metric([name, "idle"], free)
+                connections.add_metric([name, "in_use"], max(0, size - free))
             yield connections
             for metric, doc, key, family in _FROM_STATS:
                 single = family(metric, doc, labels=["pool"])
-                single.add_metric([name], stats.get(key, 0))
+                for _, name, stats in pools:
+                    single.add_metric([name], stats.get(key, 0))
                 yield single
+            serving = GaugeMetricFamily(
+                "dbpool_serving", "1 while the pool serves, 0 while reads skip it.", labels=["pool"]
+            )
+            fallbacks = CounterMetricFamily(
+                "dbpool_replica_fallbacks",
+                "Reads a replica could not take in time, sent elsewhere.",
+                labels=["pool"],
+            )
             unavailable = CounterMetricFamily(
                 "dbpool_unavailable", "503 answers, by cause.", labels=["pool", "cause"]
             )
-            for cause, count in database.unavailable.items():
-                unavailable.add_metric([name, cause], count)
+            for database, name, _ in pools:
+                serving.add_metric([name], 0 if database.down else 1)
+                fallbacks.add_metric([name], database.fallbacks)
+                for cause, count in database.unavailable.items():
+                    unavailable.add_metric([name, cause], count)
+            yield serving
+            yield fallbacks
             yield unavailable
-            recorder = database.recorder
-            if recorder is None:
-                return
-            for metric, doc, distribution in (
-                (
-                    "dbpool_acquire_wait_seconds",
-                    "Time requests waited for a connection.",
-                    recorder.wait,
-                ),
-                ("dbpool_hold_seconds", "Time requests held their connection.", recorder.hold),
+            for metric, doc, attribute in (
+                ("dbpool_acquire_wait_seconds", "Time requests waited for a connection.", "wait"),
+                ("dbpool_hold_seconds", "Time requests held their connection.", "hold"),
             ):
                 histogram = HistogramMetricFamily(metric, doc, labels=["pool"])
-                histogram.add_metric(
-                    [name], buckets=distribution.histogram(), sum_value=distribution.sum_ms / 1000
-                )
-                yield histogram
+                for database, name, _ in pools:
+                    if database.recorder is None:
+                        continue
+                    distribution = getattr(database.recorder, attribute)
+                    histogram.add_metric(
+                        [name],
+                        buckets=distribution.histogram(),
+                        sum_value=distribution.sum_ms / 1000,
+                    )
+                if histogram.samples:
+                    yield histogram

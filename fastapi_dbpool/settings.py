@@ -1,7 +1,9 @@
 """PoolSettings: every pool option, its environment variable, its default and its checks."""
 
+import functools
 import math
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -10,16 +12,18 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fastapi_dbpool._redact import passwords_in, redact
 
 ENV_PREFIX = "DBPOOL_"
 
 CheckMode = Literal["always", "idle", "never"]
+_POOL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 class SettingsError(ValueError):
@@ -168,6 +172,28 @@ class PoolSettings(BaseSettings):
         description="Every this many seconds, log one summary line of the pool (sizes, "
         "waiting, p95 wait and hold, 503s); unset: no summary.",
     )
+    pools: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Names of further pools, comma-separated (e.g. replica,analytics); each "
+        "reads its own DBPOOL_<NAME>_* variables (DBPOOL_REPLICA_URL, ...). Default pool only.",
+    )
+    replica: bool = Field(
+        False,
+        description="This pool is a read replica: get_read_conn sends reads to it (least busy "
+        "replica first) and falls back to the default pool when no replica can serve in time.",
+    )
+    fallback_timeout: float = Field(
+        0.5,
+        gt=0,
+        allow_inf_nan=False,
+        description="With replica=true: seconds a read waits for this replica before trying "
+        "the next one, then the default pool.",
+    )
+    required: bool | None = Field(
+        None,
+        description="/health/db answers 503 when this pool is down, and startup fails when it "
+        "cannot connect (with fail_fast); unset: true, except for replicas.",
+    )
     health_timeout: float = Field(
         2.0, gt=0, allow_inf_nan=False, description="Seconds /health/db waits before answering 503."
     )
@@ -183,7 +209,26 @@ class PoolSettings(BaseSettings):
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            raise SettingsError(_explain(exc)) from None
+            raise SettingsError(_explain(exc, type(self).env_prefix())) from None
+
+    @classmethod
+    def env_prefix(cls) -> str:
+        """The prefix of this class's environment variables: DBPOOL_, or DBPOOL_<NAME>_."""
+        return str(cls.model_config.get("env_prefix", ENV_PREFIX))
+
+    @classmethod
+    def for_pool(cls, name: str, **values: Any) -> "PoolSettings":
+        """Settings of the named pool name, read from DBPOOL_<NAME>_* and .env.
+
+        ``PoolSettings.for_pool("replica")`` reads DBPOOL_REPLICA_URL, DBPOOL_REPLICA_MAX_SIZE,
+        and so on; values given here win over the environment.
+        """
+        return _named_settings(_pool_name(name))(**values)
+
+    @property
+    def is_required(self) -> bool:
+        """Whether health and startup depend on this pool (required, else not a replica)."""
+        return self.required if self.required is not None else not self.replica
 
     @field_validator(
         "prepare_threshold",
@@ -198,6 +243,15 @@ class PoolSettings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("pools", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            return [_pool_name(str(part)) for part in value]
+        return value
 
     @field_validator("url")
     @classmethod
@@ -219,10 +273,11 @@ class PoolSettings(BaseSettings):
     @model_validator(mode="after")
     def _sizes_agree(self) -> "PoolSettings":
         if self.min_size > self.max_size:
+            prefix = self.env_prefix()
             raise ValueError(
-                f"{ENV_PREFIX}MIN_SIZE ({self.min_size}) is larger than "
-                f"{ENV_PREFIX}MAX_SIZE ({self.max_size}): lower {ENV_PREFIX}MIN_SIZE or raise "
-                f"{ENV_PREFIX}MAX_SIZE"
+                f"{prefix}MIN_SIZE ({self.min_size}) is larger than "
+                f"{prefix}MAX_SIZE ({self.max_size}): lower {prefix}MIN_SIZE or raise "
+                f"{prefix}MAX_SIZE"
             )
         return self
 
@@ -236,9 +291,10 @@ class PoolSettings(BaseSettings):
             if getattr(self, name) is not None
         ]
         if per_connection:
-            names = " and ".join(env_var(name) for name in per_connection)
+            prefix = self.env_prefix()
+            names = " and ".join(env_var(name, prefix) for name in per_connection)
             raise ValueError(
-                f"{names} cannot be applied behind PgBouncer ({ENV_PREFIX}PGBOUNCER=true): it "
+                f"{names} cannot be applied behind PgBouncer ({prefix}PGBOUNCER=true): it "
                 "rejects per-connection startup options. Unset it and set the timeout on the "
                 "database role instead: ALTER ROLE app SET statement_timeout = '5s'"
             )
@@ -286,37 +342,83 @@ class PoolSettings(BaseSettings):
         return kwargs
 
 
-def env_var(field: str) -> str:
-    """The environment variable that sets a field."""
-    return "DBPOOL_URL (or DATABASE_URL)" if field == "url" else f"{ENV_PREFIX}{field.upper()}"
+def env_var(field: str, prefix: str = ENV_PREFIX) -> str:
+    """The environment variable that sets a field (of the pool whose prefix is given)."""
+    if field == "url" and prefix == ENV_PREFIX:
+        return "DBPOOL_URL (or DATABASE_URL)"
+    return f"{prefix}{field.upper()}"
+
+
+def _pool_name(name: str) -> str:
+    if not _POOL_NAME.fullmatch(name):
+        raise SettingsError(
+            f"pool name {name!r} is not usable in environment variable names: use letters, "
+            "digits and _, starting with a letter (e.g. replica, analytics)"
+        )
+    clashes = [field for field in PoolSettings.model_fields if field.startswith(f"{name.lower()}_")]
+    if clashes:
+        raise SettingsError(
+            f"pool name {name!r} clashes with {env_var(clashes[0])}: its variables "
+            f"({ENV_PREFIX}{name.upper()}_*) would be read as the default pool's; choose "
+            "another name"
+        )
+    return name
+
+
+@functools.cache
+def _named_settings(name: str) -> type[PoolSettings]:
+    """A PoolSettings subclass reading DBPOOL_<NAME>_*; its name and application_name
+    default to the pool's name."""
+    prefix = f"{ENV_PREFIX}{name.upper()}_"
+    model = create_model(
+        f"PoolSettings_{name}",
+        __base__=PoolSettings,
+        url=(
+            SecretStr,
+            Field(
+                validation_alias=AliasChoices("url", f"{prefix}URL"),
+                description=f"PostgreSQL connection string of pool {name!r}.",
+            ),
+        ),
+        name=(str, Field(name, min_length=1, description="Pool name, in logs and stats.")),
+        application_name=(
+            str,
+            Field(f"fastapi_dbpool:{name}"[:63], max_length=63, description="application_name."),
+        ),
+    )
+    model.model_config["env_prefix"] = prefix
+    return model
 
 
 def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-def _explain(exc: ValidationError) -> str:
+def _explain(exc: ValidationError, prefix: str = ENV_PREFIX) -> str:
     lines = []
     for error in exc.errors(include_input=False, include_url=False):
         field = str(error["loc"][0]) if error["loc"] else ""
         message = error["msg"].removeprefix("Value error, ")
-        if field in ("DBPOOL_URL", "DATABASE_URL"):
+        if field in ("DBPOOL_URL", "DATABASE_URL", f"{prefix}URL"):
             field = "url"
         if not field:
             lines.append(message)
         elif error["type"] == "missing":
             lines.append(
-                f"{env_var(field)} is not set: set it to postgresql://user:password@host:5432/dbname"
+                f"{env_var(field, prefix)} is not set: set it to "
+                "postgresql://user:password@host:5432/dbname"
             )
         else:
-            lines.append(f"{env_var(field)}{_fix(field, message)}")
-    return "invalid database pool settings:\n  " + "\n  ".join(lines)
+            lines.append(f"{env_var(field, prefix)}{_fix(field, message, prefix)}")
+    where = "" if prefix == ENV_PREFIX else f" ({prefix}*)"
+    return f"invalid database pool settings{where}:\n  " + "\n  ".join(lines)
 
 
-def _fix(field: str, message: str) -> str:
+def _fix(field: str, message: str, prefix: str) -> str:
     if field == "url":
         return f" {message}"
     info = PoolSettings.model_fields.get(field)
     if info is None or info.default is None:
         return f": {message}"
-    return f": {message} (e.g. {env_var(field)}={info.default}, the default)"
+    default = ",".join(info.default) if isinstance(info.default, list) else info.default
+    return f": {message} (e.g. {env_var(field, prefix)}={default}, the default)"

@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field
 
 from fastapi_dbpool.advice import Advice, advise
 from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.timings import Timings
 
 
@@ -43,6 +44,12 @@ class PoolStats(BaseModel):
 
     name: str = Field(description="The pool's name (DBPOOL_NAME).")
     status: Literal["open", "closed"]
+    replica: bool = Field(False, description="Reads are routed here (DBPOOL_<NAME>_REPLICA).")
+    required: bool = Field(True, description="/health/db is 503 when this pool is down.")
+    serving: bool = Field(
+        True, description="False while a replica that could not serve is skipped by reads."
+    )
+    fallbacks: int = Field(0, description="Reads this replica could not take in time.")
     total: int = Field(description="Connections open now (pool_size).")
     free: int = Field(description="Idle connections (pool_available).")
     in_use: int = Field(description="Connections lent to requests (total - free).")
@@ -57,14 +64,41 @@ class PoolStats(BaseModel):
     )
 
 
-class Health(BaseModel):
-    """The /health/db body: a fixed status and reason, never a server message."""
+class AppPoolStats(PoolStats):
+    """/pool/stats: the default pool at the top (as with one pool), and every pool by name."""
+
+    pools: dict[str, PoolStats] = Field(
+        description="Every pool of the app by name, the default one included."
+    )
+
+
+class PoolHealth(BaseModel):
+    """One pool's answer to the health check."""
 
     status: Literal["ok", "unavailable"]
+    required: bool = Field(description="Whether this pool being down makes /health/db 503.")
     reason: str | None = Field(
-        None, description="Why the database is unavailable: timeout, unreachable, pool_closed, ..."
+        None, description="Why the pool is unavailable: timeout, unreachable, pool_closed, ..."
     )
     latency_ms: float | None = Field(None, description="Round trip of the check query.")
+
+
+class Health(BaseModel):
+    """The /health/db body: fixed statuses and reasons, never a server message."""
+
+    status: Literal["ok", "degraded", "unavailable"] = Field(
+        description="ok: every pool answers; degraded: only pools that are not required fail "
+        "(200); unavailable: a required pool fails (503)."
+    )
+    reason: str | None = Field(
+        None,
+        description="Why the default (or first failing required) pool is unavailable: "
+        "timeout, unreachable, pool_closed, ...",
+    )
+    latency_ms: float | None = Field(None, description="Round trip of the default pool's check.")
+    pools: dict[str, PoolHealth] | None = Field(
+        None, description="Each pool's answer, by name, when the app has more than one."
+    )
 
 
 def snapshot(database: DatabasePool) -> PoolStats:
@@ -83,6 +117,10 @@ def snapshot(database: DatabasePool) -> PoolStats:
     return PoolStats(
         name=database.settings.name,
         status="closed" if database.pool.closed else "open",
+        replica=database.settings.replica,
+        required=database.settings.is_required,
+        serving=not database.down,
+        fallbacks=database.fallbacks,
         total=counters.pool_size,
         free=counters.pool_available,
         in_use=max(0, counters.pool_size - counters.pool_available),
@@ -92,3 +130,10 @@ def snapshot(database: DatabasePool) -> PoolStats:
         timings=timings,
         advice=advice,
     )
+
+
+def snapshot_all(databases: Databases) -> AppPoolStats:
+    """Every pool's snapshot, by name, the default pool's also at the top."""
+    pools = {database.settings.name: snapshot(database) for database in databases}
+    default = pools[databases.default.settings.name]
+    return AppPoolStats(**dict(default), pools=pools)

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +127,13 @@ class EmbeddedPostgres:
     APP_USER = "app"
     APP_DB = "app"
 
-    def __init__(self, data_dir: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path | None = None,
+        port: int | None = None,
+        *,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
         self.bin = _bin_dir()  # first: a missing install must not leave a temp dir behind
         self._temporary = data_dir is None
         self.base = Path(tempfile.mkdtemp(prefix="dbpool-pg-")) if data_dir is None else data_dir
@@ -136,6 +143,9 @@ class EmbeddedPostgres:
         self.port = port or _free_port()
         self._user = _server_user()
         self._secrets_file = self.base / "credentials"
+        if credentials is not None and not self._secrets_file.exists():
+            self._secrets_file.write_text(f"{credentials[0]}\n{credentials[1]}\n")
+            self._secrets_file.chmod(0o600)
         self.admin_password, self.password = self._credentials()
         self._running = False
         # Unix socket paths are limited to about 107 bytes: keep it short, outside data_dir.
@@ -178,6 +188,53 @@ class EmbeddedPostgres:
             source="embedded",
             controls=self,
         )
+
+    def standby(self) -> "EmbeddedPostgres":
+        """A streaming replica of this running server: pg_basebackup -R into a new throwaway
+        cluster on another port (same roles and passwords), not yet started."""
+        if not self._running:
+            raise RuntimeError("start the primary before taking a standby of it")
+        replica = EmbeddedPostgres(credentials=(self.admin_password, self.password))
+        try:
+            replica._prepare_owner()
+            replica._run(
+                "pg_basebackup",
+                "-D",
+                str(replica.data),
+                "-R",  # standby.signal + primary_conninfo: a streaming replica when started
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                env={"PGPASSWORD": self.admin_password},
+            )
+        except BaseException:
+            replica.close()
+            raise
+        return replica
+
+    def wait_replayed(self, standby: "EmbeddedPostgres", timeout: float = 10.0) -> None:
+        """Wait until standby has replayed everything this primary has written so far."""
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+        target = row[0] if row else "0/0"
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(standby.admin_url, autocommit=True) as conn:
+            while True:
+                done = conn.execute(
+                    "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)
+                ).fetchone()
+                if done and done[0]:
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the standby did not replay up to {target} in {timeout} s")
+                time.sleep(0.02)
 
     def start(self) -> None:
         """Initialize if needed, start, and wait until the server accepts connections."""
@@ -337,12 +394,12 @@ class EmbeddedPostgres:
             return False
         return True
 
-    def _run(self, program: str, *args: str) -> None:
+    def _run(self, program: str, *args: str, env: dict[str, str] | None = None) -> None:
         command = [str(self.bin / program), *args]
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"env": {**os.environ, **env}} if env else {}
         if self._user:
             # Drop root's group and supplementary groups too, not only the uid.
-            kwargs = {"user": self._user, "group": self._user, "extra_groups": []}
+            kwargs.update(user=self._user, group=self._user, extra_groups=[])
         result = subprocess.run(
             command,
             capture_output=True,

@@ -93,7 +93,7 @@ def test_endpoints_are_in_openapi_with_response_models(make_settings: SettingsFa
     assert "503" in health
     stats = paths["/pool/stats"]["get"]["responses"]["200"]
     assert stats["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/PoolStats"
+        "$ref": "#/components/schemas/AppPoolStats"
     }
 
 

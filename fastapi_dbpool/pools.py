@@ -1,0 +1,97 @@
+"""Databases: the app's pools by name, opened and closed together, and where reads go."""
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.settings import PoolSettings, SettingsError
+
+logger = logging.getLogger("fastapi_dbpool")
+
+
+class Databases:
+    """Every pool of an app: the default one (get_conn), then the named ones (get_conn_for).
+
+    Reads (get_read_conn) go to the pools marked replica, least busy first, and to the
+    default pool when none can serve in time.
+    """
+
+    def __init__(self, pools: list[DatabasePool]) -> None:
+        if not pools:
+            raise ValueError("Databases needs at least the default pool")
+        self.default = pools[0]
+        self._by_name = {pool.settings.name: pool for pool in pools}
+        self.replicas = [pool for pool in pools if pool.settings.replica]
+        self._turn = 0
+
+    @classmethod
+    def build(cls, default: PoolSettings, named: list[PoolSettings] | None = None) -> "Databases":
+        """The pools of these settings, the default one first; names must differ."""
+        settings = [default, *(named or [])]
+        names = [item.name for item in settings]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise SettingsError(
+                f"two pools are named {', '.join(map(repr, duplicates))}: give each pool its "
+                "own name (DBPOOL_NAME, DBPOOL_<NAME>_NAME)"
+            )
+        if default.replica:
+            raise SettingsError(
+                "DBPOOL_REPLICA=true on the default pool: the default pool is the primary that "
+                "reads fall back to; declare replicas as named pools (DBPOOL_POOLS=replica, "
+                "DBPOOL_REPLICA_URL=..., DBPOOL_REPLICA_REPLICA=true)"
+            )
+        return cls([DatabasePool(item) for item in settings])
+
+    def __iter__(self) -> Iterator[DatabasePool]:
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __repr__(self) -> str:
+        return f"<Databases {list(self._by_name)}>"
+
+    def get(self, name: str) -> DatabasePool:
+        """The pool called name; a clear error naming the pools there are otherwise."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise LookupError(
+                f"no pool named {name!r}; this app's pools are {list(self._by_name)}: declare "
+                f"it with DBPOOL_POOLS={name} and DBPOOL_{name.upper()}_URL, or in "
+                "create_pool_lifespan(pools=...)"
+            ) from None
+
+    def read_order(self) -> list[DatabasePool]:
+        """The replicas that can serve now, least busy first; ties take turns."""
+        serving = [pool for pool in self.replicas if not pool.down and not pool.pool.closed]
+        if len(serving) > 1:
+            self._turn = (self._turn + 1) % len(serving)
+            serving = serving[self._turn :] + serving[: self._turn]
+            serving.sort(key=DatabasePool.busy)  # stable: the turn breaks ties
+        return serving
+
+    async def open(self) -> None:
+        """Open every pool at once; if a required one fails, close the others and raise."""
+        results = await asyncio.gather(
+            *(pool.open() for pool in self._by_name.values()), return_exceptions=True
+        )
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            await self.close(quiet=True)
+            raise failures[0]
+
+    async def close(self, quiet: bool = False) -> None:
+        """Close every pool; a failure to close one does not keep the others open."""
+        results = await asyncio.gather(
+            *(pool.close() for pool in self._by_name.values()), return_exceptions=True
+        )
+        for pool, result in zip(self._by_name.values(), results, strict=True):
+            if isinstance(result, Exception) and not quiet:
+                logger.error(
+                    "pool %r did not close cleanly: %s",
+                    pool.settings.name,
+                    pool.redact(str(result)),
+                )
