@@ -29,6 +29,7 @@ from fastapi_dbpool import (
 from fastapi_dbpool.testing import EmbeddedPostgres
 
 AnalyticsConn = Annotated[AsyncConnection[Any], Depends(get_conn_for("analytics"))]
+AnalyticsReadConn = Annotated[AsyncConnection[Any], Depends(get_conn_for("analytics", read=True))]
 
 
 class Pair:
@@ -110,6 +111,13 @@ def build_app(pair: Pair, **replica: Any) -> FastAPI:
         assert row is not None
         return {"application_name": row[0]}
 
+    @app.get("/analytics/read")
+    async def analytics_read(conn: AnalyticsReadConn) -> dict[str, Any]:
+        cur = await conn.execute("SELECT current_setting('application_name')")
+        row = await cur.fetchone()
+        assert row is not None
+        return {"application_name": row[0], "autocommit": conn.autocommit}
+
     @app.get("/nowhere")
     async def nowhere(conn: Annotated[AsyncConnection[Any], Depends(get_conn_for("nope"))]) -> None:
         raise AssertionError("unreachable: there is no pool named nope")
@@ -187,6 +195,11 @@ def test_a_required_replica_down_makes_health_503(pair: Pair) -> None:
 def test_named_pool_through_get_conn_for(pair: Pair) -> None:
     with TestClient(build_app(pair)) as client:
         assert client.get("/analytics").json() == {"application_name": "fastapi_dbpool:analytics"}
+        assert client.get("/analytics/read").json() == {
+            "application_name": "fastapi_dbpool:analytics",
+            "autocommit": True,
+        }
+        assert get_conn_for("analytics") is get_conn_for("analytics")  # one per name
         with pytest.raises(RuntimeError, match=r"no pool named 'nope'.*primary.*replica"):
             client.get("/nowhere")
 
