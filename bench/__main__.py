@@ -6,6 +6,7 @@ python -m bench --dsn URL       use this PostgreSQL instead of an embedded one
 python -m bench --report FILE   rewrite docs/performance.md from a raw JSON result
 python -m bench --profile       py-spy on variant 1 under load (see bench/profile.py)
 python -m bench --overhead      only the DBPOOL_METRICS on/off pairs (see bench/overhead.py)
+python -m bench --scaleout      2 uvicorn workers, direct vs PgBouncer (see bench/scaleout.py)
 """
 
 import argparse
@@ -24,13 +25,14 @@ from types import FrameType
 from typing import Any
 
 from bench import database as dbmod
-from bench import load, overhead, poolloop, report, servers
+from bench import load, overhead, pgbouncer, poolloop, report, scaleout, servers
 from bench.variants import VARIANTS, Variant
 from fastapi_dbpool import PoolSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "performance.md"
+SCALEOUT_DOC = ROOT / "docs" / "deployment.md"
 
 FULL = {
     "levels": [1, 16, 64, 256],
@@ -50,8 +52,10 @@ QUICK = {"levels": [16, 64], "rounds": 2, "duration": 2, "warmup": 1,
          "loop_seconds": 1.0, "loop_rounds": 1, "connects": 20, "pgbench_seconds": 2,
          "overhead_pairs": 6, "overhead_slice": 1.0, "overhead_http_pairs": 3,
          "overhead_http_levels": [64]}  # fmt: skip
-OVERHEAD = {"levels": [], "overhead_pairs": 40, "overhead_slice": 1.0, "overhead_http_pairs": 16,
+OVERHEAD = {"levels": [], "overhead_pairs": 40, "overhead_slice": 1.0, "overhead_http_pairs": 24,
             "overhead_http_levels": [16, 64], "duration": 3}  # fmt: skip
+SCALEOUT = {"levels": [16, 64], "rounds": 3, "duration": 4, "warmup": 2, "sample_interval": 0.1,
+            "pgbouncer_pool_size": 10, "pgbouncer_max_client_conn": 500}  # fmt: skip
 
 
 class _Stopped(Exception):
@@ -94,6 +98,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="profile variant 1 with py-spy")
     parser.add_argument(
         "--overhead", action="store_true", help="only the DBPOOL_METRICS on/off pairs"
+    )
+    parser.add_argument(
+        "--scaleout", action="store_true", help="2 uvicorn workers, direct vs PgBouncer"
     )
     parser.add_argument("--profile-variant", default="dbpool")
     parser.add_argument("--profile-seconds", type=int, default=15)
@@ -209,6 +216,64 @@ def run_overhead(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_scaleout(args: argparse.Namespace) -> int:
+    """2 uvicorn workers, direct and through PgBouncer: python -m bench --scaleout."""
+    started = time.monotonic()
+    config: dict[str, Any] = dict(SCALEOUT)
+    if args.quick:
+        config.update(rounds=2, duration=2, warmup=1)
+    for name in ("levels", "rounds", "duration"):
+        if getattr(args, name):
+            config[name] = getattr(args, name)
+    config.update(quick=args.quick, pool_size=args.pool_size, users=load.USER_IDS,
+                  workers=scaleout.WORKERS)  # fmt: skip
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = RESULTS / (stamp + "-scaleout")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    load.wrk_path()  # fail before starting anything
+    pgbouncer.binary()
+    scripts = load.write_scripts(run_dir)
+    notes: list[str] = []
+    results: dict[str, Any] = {"config": config, "notes": notes}
+    print(f"bench: scale-out, results in {run_dir}", flush=True)
+    load_before = os.getloadavg()
+    if load_before[0] > (os.cpu_count() or 1):
+        notes.append(f"the machine was busy at the start (load average {load_before[0]:.1f})")
+        print(f"bench: warning: {notes[-1]}")
+    with scaleout.database(args.dsn) as (db, admin_url):
+        print(f"bench: PostgreSQL {db.version} ({db.source}); PgBouncer, 2 apps...", flush=True)
+        scaleout.seed_users(db.url, load.USER_IDS)
+        with (
+            pgbouncer.running(db.url, run_dir, config["pgbouncer_pool_size"],
+                              config["pgbouncer_max_client_conn"]) as bouncer,
+            scaleout.Sampler(admin_url, db.url, bouncer, config["sample_interval"]) as sampler,
+            scaleout.running(db.url, bouncer, run_dir, args.pool_size, sampler) as apps,
+        ):  # fmt: skip
+            print(f"bench: {bouncer.version}; levels {config['levels']}...", flush=True)
+            results["http"] = scaleout.measure(
+                apps, scripts, config, sampler, started + args.budget, notes
+            )
+        results["database"] = {"source": db.source, "version": db.version}
+        versions = _versions(db.version)
+        versions["PgBouncer"] = bouncer.version
+    json_path = run_dir / "scaleout.json"
+    load_after = os.getloadavg()  # the run itself keeps every CPU busy: reported, not judged
+    results["meta"] = {
+        "started": stamp, "elapsed_s": time.monotonic() - started, "versions": versions,
+        "cpus": os.cpu_count(), "cpu_model": _cpu_model(),
+        "kernel": f"{platform.system()} {platform.release()}",
+        "json": str(json_path.relative_to(ROOT)), "argv": sys.argv[1:],
+        "loadavg_start": load_before, "loadavg_end": load_after,
+    }  # fmt: skip
+    json_path.write_text(json.dumps(results, indent=2))
+    print(scaleout.table(results))
+    if not args.quick and not args.no_docs:
+        scaleout.write_doc(results, SCALEOUT_DOC)
+        print(f"bench: wrote {SCALEOUT_DOC.relative_to(ROOT)}")
+    print(f"bench: done in {time.monotonic() - started:.0f} s; raw results {json_path}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     config: dict[str, Any] = dict(QUICK if args.quick else FULL)
@@ -297,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
             from bench import profile
 
             return profile.run(args, RESULTS)
+        if args.scaleout:
+            return run_scaleout(args)
         return run_overhead(args) if args.overhead else run(args)
     except (_Stopped, KeyboardInterrupt) as exc:
         print(f"bench: stopped ({exc or 'interrupt'}); every server was stopped", file=sys.stderr)
