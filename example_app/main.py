@@ -2,6 +2,8 @@
 
 Importing this module connects to nothing: the pool opens, and the table is created, when the
 app starts (its lifespan), from ``DBPOOL_URL`` / ``DATABASE_URL`` unless settings are given.
+Reads use ReadConnDep: with a replica configured (DBPOOL_POOLS=replica, DBPOOL_REPLICA_URL,
+DBPOOL_REPLICA_REPLICA=true) they go to it, and to the primary while it cannot serve.
 """
 
 from collections.abc import AsyncIterator
@@ -13,7 +15,14 @@ from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
-from fastapi_dbpool import ConnDep, PoolSettings, create_pool_lifespan, pool_router, transaction
+from fastapi_dbpool import (
+    ConnDep,
+    PoolSettings,
+    ReadConnDep,
+    create_pool_lifespan,
+    pool_router,
+    transaction,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -76,7 +85,7 @@ router = APIRouter(prefix="/users", tags=["users"])
 
 @router.get("", summary="List users, by id")
 async def list_users(
-    conn: ConnDep,
+    conn: ReadConnDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[User]:
@@ -89,7 +98,7 @@ async def list_users(
 
 
 @router.get("/{user_id}", summary="Get one user", responses=NOT_FOUND)
-async def get_user(user_id: int, conn: ConnDep) -> User:
+async def get_user(user_id: int, conn: ReadConnDep) -> User:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute("SELECT id, name, email FROM users WHERE id = %s", (user_id,))
         row = await cur.fetchone()
