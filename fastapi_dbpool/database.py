@@ -76,8 +76,9 @@ class DatabasePool:
             num_workers=settings.num_workers,
             name=settings.name,
             open=False,
+            # No reset callback: with one, psycopg-pool returns every connection through a
+            # worker task (about 10 us more per checkout, measured); checkout() marks it idle.
             configure=self._mark_idle,
-            reset=self._mark_idle,
             check=None if settings.check == "never" else self._check,
             reconnect_failed=self._reconnect_failed,
         )
@@ -212,7 +213,10 @@ class DatabasePool:
         recorder = self.recorder
         if recorder is None:
             async with self.pool.connection(timeout) as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    self._idle_since[conn] = monotonic()
             return
         started = recorder.wait_started()
         token = 0
@@ -222,6 +226,7 @@ class DatabasePool:
                 try:
                     yield conn
                 finally:
+                    self._idle_since[conn] = monotonic()
                     recorder.released(token)
         finally:
             if not token:
