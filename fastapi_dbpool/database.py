@@ -209,28 +209,36 @@ class DatabasePool:
 
     @asynccontextmanager
     async def checkout(self, route: str = "", timeout: float | None = None) -> AsyncIterator[Conn]:
-        """pool.connection(), timed: the wait for the connection and how long route holds it."""
+        """pool.connection(), timed: the wait for the connection and how long route holds it.
+
+        Like pool.connection(), the block's transaction commits when it ends and rolls back
+        when it raises."""
+        conn, token = await self.acquire(route, timeout)
+        try:
+            async with conn:
+                yield conn
+        finally:
+            await self.release(conn, token)
+
+    async def acquire(self, route: str = "", timeout: float | None = None) -> tuple[Conn, int]:
+        """A connection from the pool (getconn), timed; give it back with release()."""
         recorder = self.recorder
         if recorder is None:
-            async with self.pool.connection(timeout) as conn:
-                try:
-                    yield conn
-                finally:
-                    self._idle_since[conn] = monotonic()
-            return
+            return await self.pool.getconn(timeout), 0
         started = recorder.wait_started()
-        token = 0
         try:
-            async with self.pool.connection(timeout) as conn:
-                token = recorder.acquired(started, route)
-                try:
-                    yield conn
-                finally:
-                    self._idle_since[conn] = monotonic()
-                    recorder.released(token)
-        finally:
-            if not token:
-                recorder.not_acquired(started)
+            conn = await self.pool.getconn(timeout)
+        except BaseException:
+            recorder.not_acquired(started)
+            raise
+        return conn, recorder.acquired(started, route)
+
+    async def release(self, conn: Conn, token: int) -> None:
+        """Give back a connection acquire() lent (putconn), and record how long it was held."""
+        self._idle_since[conn] = monotonic()
+        if self.recorder is not None:
+            self.recorder.released(token)
+        await self.pool.putconn(conn)
 
     def busy(self) -> int:
         """Connections in use plus requests waiting: how loaded the pool is, for routing."""

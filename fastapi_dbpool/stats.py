@@ -22,7 +22,11 @@ class PoolCounters(BaseModel):
     requests_queued: int = Field(0, description="Requests that had to wait for a connection.")
     requests_wait_ms: int = Field(0, description="Total time requests spent waiting (ms).")
     requests_errors: int = Field(0, description="Requests that failed: timeout, queue full.")
-    usage_ms: int = Field(0, description="Total time connections were in use (ms).")
+    usage_ms: int = Field(
+        0,
+        description="Total time connections were in use (ms): psycopg-pool's count for "
+        "pool.connection(), plus this package's checkouts (unless DBPOOL_METRICS=false).",
+    )
     returns_bad: int = Field(0, description="Connections returned broken or in a bad state.")
     connections_num: int = Field(0, description="Connections opened since the pool opened.")
     connections_ms: int = Field(0, description="Total time spent opening connections (ms).")
@@ -104,7 +108,11 @@ class Health(BaseModel):
 def snapshot(database: DatabasePool) -> PoolStats:
     """Read the pool's counters without resetting them (get_stats, not pop_stats)."""
     counters = PoolCounters.model_validate(database.pool.get_stats())
-    timings = database.recorder.snapshot() if database.recorder is not None else None
+    timings = None
+    if database.recorder is not None:
+        timings = database.recorder.snapshot()
+        # get_conn's checkouts use getconn/putconn, which psycopg-pool does not time.
+        counters.usage_ms += int(database.recorder.hold.sum_ms)
     advice = None
     if timings is not None:
         advice = advise(

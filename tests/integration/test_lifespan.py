@@ -79,7 +79,7 @@ def test_composes_with_the_apps_own_lifespan(make_settings: SettingsFactory) -> 
 
     @app.get("/greeting")
     async def greeting(request: Request) -> dict[str, Any]:
-        return {"greeting": request.state.greeting, "pool": get_database(request).state}
+        return {"greeting": request.state.greeting, "pool": (await get_database(request)).state}
 
     with TestClient(app) as client:
         assert client.get("/greeting").json() == {"greeting": "hello", "pool": "open"}
@@ -158,7 +158,7 @@ def test_connections_carry_keepalive_and_tcp_user_timeout(make_settings: Setting
 
     @app.get("/params")
     async def params(request: Request) -> dict[str, str]:
-        async with get_database(request).pool.connection() as conn:
+        async with (await get_database(request)).pool.connection() as conn:
             return conn.info.get_parameters()
 
     with TestClient(app) as client:
