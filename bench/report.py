@@ -69,6 +69,20 @@ def _targets_table(checks: list[dict[str, Any]]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _overhead_table(overhead: dict[str, Any]) -> str:
+    rows = ["| measured | pairs | on / off, median | 95 % interval | within 3 % |",
+            "|---|---:|---:|---|---|"]  # fmt: skip
+    items = [("pool loop, no HTTP", overhead.get("pool"))]
+    items += [(f"HTTP, c={k.removeprefix('c')}", v) for k, v in overhead.get("http", {}).items()]
+    for name, item in items:
+        if not item:
+            continue
+        low, high = item["ci95"]
+        rows.append(f"| {name} | {item['pairs']} | {item['median']:.3f} | {low:.3f} - {high:.3f} "
+                    f"| {'yes' if item['within_budget'] else 'not shown'} |")  # fmt: skip
+    return "\n".join(rows) + "\n"
+
+
 def render(results: dict[str, Any]) -> str:
     meta, config = results["meta"], results["config"]
     out = [
@@ -104,6 +118,9 @@ def render(results: dict[str, Any]) -> str:
             "Variants 1 and 2 ran the same code in this run, so their ratio (v2 / v1) shows how "
             "far apart two identical variants land here: " + ", ".join(noise) + ".\n"
         )
+    if results.get("overhead"):
+        out.append("### Instrumentation overhead (DBPOOL_METRICS on / off, paired)\n")
+        out.append(_overhead_table(results["overhead"]))
     for level_name, level in results["http"].items():
         out.append(f"### Concurrency {level_name.removeprefix('c')}\n")
         out.append(level_table(level))
