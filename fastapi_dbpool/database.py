@@ -235,10 +235,12 @@ class DatabasePool:
 
     async def release(self, conn: Conn, token: int) -> None:
         """Give back a connection acquire() lent (putconn), and record how long it was held."""
-        self._idle_since[conn] = monotonic()
-        if self.recorder is not None:
-            self.recorder.released(token)
-        await self.pool.putconn(conn)
+        try:
+            self._idle_since[conn] = monotonic()
+            if token and self.recorder is not None:
+                self.recorder.released(token)
+        finally:  # bookkeeping must never keep a connection from its pool
+            await self.pool.putconn(conn)
 
     def busy(self) -> int:
         """Connections in use plus requests waiting: how loaded the pool is, for routing."""
