@@ -132,6 +132,20 @@ def _cpu_model() -> str:
     return platform.processor() or "?"
 
 
+def _meta(
+    stamp: str, started: float, versions: dict[str, str], json_path: Path,
+    load_before: tuple[float, float, float],
+) -> dict[str, Any]:  # fmt: skip
+    """What a run's JSON says of the run itself: when, how long, where, with what."""
+    return {
+        "started": stamp, "elapsed_s": time.monotonic() - started, "versions": versions,
+        "cpus": os.cpu_count(), "cpu_model": _cpu_model(),
+        "kernel": f"{platform.system()} {platform.release()}",
+        "json": str(json_path.relative_to(ROOT)), "argv": sys.argv[1:],
+        "loadavg_start": load_before, "loadavg_end": os.getloadavg(),
+    }  # fmt: skip
+
+
 def _median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "rps": statistics.median(r["rps"] for r in runs),
@@ -181,18 +195,9 @@ def _overhead_pool(url: str, config: dict[str, Any], pool_size: int) -> dict[str
     return result
 
 
-def _overhead_http(
-    apps: dict[str, servers.App], config: dict[str, Any], scripts: dict[str, Path]
-) -> dict[str, Any]:
-    out = {}
-    for level in config["overhead_http_levels"]:
-        print(f"bench: instrumentation overhead, HTTP c={level}, "
-              f"{config['overhead_http_pairs']} pairs...", flush=True)  # fmt: skip
-        result = overhead.http(apps["dbpool"], apps["dbpool-nometrics"], scripts["users"], level,
-                               config["duration"], config["overhead_http_pairs"])  # fmt: skip
-        print("  " + overhead.line(f"HTTP c={level}", result), flush=True)
-        out[f"c{level}"] = result
-    return out
+def _overhead_http(url: str, config: dict[str, Any], run_dir: Path, pool_size: int) -> Any:
+    return overhead.http(url, run_dir, pool_size, config["overhead_http_levels"],
+                         config["duration"], config["overhead_http_pairs"])  # fmt: skip
 
 
 def run_overhead(args: argparse.Namespace) -> int:
@@ -202,13 +207,10 @@ def run_overhead(args: argparse.Namespace) -> int:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_dir = RESULTS / (stamp + "-overhead")
     run_dir.mkdir(parents=True, exist_ok=True)
-    scripts = load.write_scripts(run_dir)
-    variants = [v for v in VARIANTS if v.key in ("dbpool", "dbpool-nometrics")]
     results: dict[str, Any] = {"config": config, "loadavg_start": os.getloadavg()}
     with dbmod.database(args.dsn) as db:
         results["pool"] = _overhead_pool(db.url, config, args.pool_size)
-        with servers.running(variants, db.url, run_dir, args.pool_size) as apps:
-            results["http"] = _overhead_http(apps, config, scripts)
+        results["http"] = _overhead_http(db.url, config, run_dir, args.pool_size)
     results["elapsed_s"] = time.monotonic() - started
     results["versions"] = _versions(db.version)
     (run_dir / "overhead.json").write_text(json.dumps(results, indent=2))
@@ -257,14 +259,8 @@ def run_scaleout(args: argparse.Namespace) -> int:
         versions = _versions(db.version)
         versions["PgBouncer"] = bouncer.version
     json_path = run_dir / "scaleout.json"
-    load_after = os.getloadavg()  # the run itself keeps every CPU busy: reported, not judged
-    results["meta"] = {
-        "started": stamp, "elapsed_s": time.monotonic() - started, "versions": versions,
-        "cpus": os.cpu_count(), "cpu_model": _cpu_model(),
-        "kernel": f"{platform.system()} {platform.release()}",
-        "json": str(json_path.relative_to(ROOT)), "argv": sys.argv[1:],
-        "loadavg_start": load_before, "loadavg_end": load_after,
-    }  # fmt: skip
+    # The run itself keeps every CPU busy: the load average is reported, not judged.
+    results["meta"] = _meta(stamp, started, versions, json_path, load_before)
     json_path.write_text(json.dumps(results, indent=2))
     print(scaleout.table(results))
     if not args.quick and not args.no_docs:
@@ -326,20 +322,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"bench: HTTP, {len(variants)} apps, levels {config['levels']}...", flush=True)
         with servers.running(variants, db.url, run_dir, args.pool_size) as apps:
             results["http"] = _http(apps, config, scripts, deadline, notes)
-            if "dbpool" in apps and "dbpool-nometrics" in apps:
-                results["overhead"]["http"] = _overhead_http(apps, config, scripts)
+        results["overhead"]["http"] = _overhead_http(db.url, config, run_dir, args.pool_size)
         results["database"] = {"source": db.source, "version": db.version,
                                "settings": db.settings or {}}  # fmt: skip
         versions = _versions(db.version)
     results["targets"] = report.targets(results["http"])
     json_path = run_dir / "results.json"
-    results["meta"] = {
-        "started": stamp, "elapsed_s": time.monotonic() - started, "versions": versions,
-        "cpus": os.cpu_count(), "cpu_model": _cpu_model(),
-        "kernel": f"{platform.system()} {platform.release()}",
-        "json": str(json_path.relative_to(ROOT)), "argv": sys.argv[1:],
-        "loadavg_start": load_before, "loadavg_end": os.getloadavg(),
-    }  # fmt: skip
+    results["meta"] = _meta(stamp, started, versions, json_path, load_before)
     json_path.write_text(json.dumps(results, indent=2))
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
     print(report.render(results))

@@ -5,24 +5,29 @@ cannot be read off it. Here the two are measured in many short, alternating slic
 each pair gives one ratio, and the verdict is the median of the ratios with a bootstrap 95 %
 interval: the budget is met when the whole interval lies above 0.97.
 
-- pool: both pools open side by side in one process; the same tasks loop acquire + the
-  endpoint's query + release through transaction() (what get_conn runs), alternating pools.
-- http: variant 1 and variant 2 of the harness (same app, DBPOOL_METRICS=false) under wrk,
-  alternating runs.
+- pool: one pool in one process, its recorder swapped in and out between slices; 64 tasks loop
+  acquire + the endpoint's query + release through transaction() (what get_conn runs).
+- http: one uvicorn process (bench/apps/overhead_pair.py), variant 1's endpoint, its pool's
+  recorder swapped in and out between wrk runs. (Variants 1 and 2 are two processes with their
+  own server backends: on 2 cores, where the scheduler puts each biases their ratio by several
+  % either way, run to run, and pairing cannot cancel that; one pool in one process can.)
 """
 
 import asyncio
+import json
 import random
 import statistics
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
-from bench import load
+from bench import load, servers
 from bench.poolloop import USERS, _psycopg_query
 from bench.servers import App
+from bench.variants import Variant
 from fastapi_dbpool import DatabasePool, PoolSettings, transaction
 
 BUDGET = 0.97  # metrics-on throughput must stay at or above this share of metrics-off
@@ -43,16 +48,16 @@ def summarize(ratios: list[float], seed: int = 1) -> dict[str, Any]:
 
 
 async def _pool_pairs(url: str, size: int, tasks: int, slice_s: float, pairs: int) -> list[float]:
-    pools = {
-        on: DatabasePool(PoolSettings(url=url, min_size=size, max_size=size, metrics=on))
-        for on in (True, False)
-    }
-    for database in pools.values():
-        await database.open()
-        await database.pool.wait()
+    # One pool, its recorder swapped in and out between slices: the same connections, the same
+    # server backends, for both halves of every pair.
+    database = DatabasePool(PoolSettings(url=url, min_size=size, max_size=size, metrics=True))
+    recorder = database.recorder
+    await database.open()
+    await database.pool.wait()
     try:
 
-        async def run(database: DatabasePool, seconds: float) -> float:
+        async def run(on: bool, seconds: float) -> float:
+            database.recorder = recorder if on else None
             stop = time.perf_counter() + seconds
             count = 0
 
@@ -68,17 +73,17 @@ async def _pool_pairs(url: str, size: int, tasks: int, slice_s: float, pairs: in
             await asyncio.gather(*(worker() for _ in range(tasks)))
             return count / (time.perf_counter() - started)
 
-        for database in pools.values():  # warm-up: prepared statements, caches
-            await run(database, 0.5)
+        for on in (True, False):  # warm-up: prepared statements, caches
+            await run(on, 0.5)
         ratios = []
         for pair in range(pairs):
             order = (True, False) if pair % 2 == 0 else (False, True)
-            ops = {on: await run(pools[on], slice_s) for on in order}
+            ops = {on: await run(on, slice_s) for on in order}
             ratios.append(ops[True] / ops[False])
         return ratios
     finally:
-        for database in pools.values():
-            await database.close()
+        database.recorder = recorder
+        await database.close()
 
 
 def pool(url: str, size: int, tasks: int, slice_s: float, pairs: int) -> dict[str, Any]:
@@ -87,19 +92,51 @@ def pool(url: str, size: int, tasks: int, slice_s: float, pairs: int) -> dict[st
     return {"tasks": tasks, "slice_s": slice_s, **summarize(ratios)}
 
 
-def http(on: App, off: App, script: Path, level: int, seconds: float, pairs: int) -> dict[str, Any]:
-    """Paired wrk runs against variant 1 (metrics on) and variant 2 (off)."""
-    for app in (on, off):
+PAIR = Variant("overhead-pair", -1, "metrics on and off, one process", "bench.apps.overhead_pair")
+
+
+def http(
+    database_url: str,
+    run_dir: Path,
+    pool_size: int,
+    levels: list[int],
+    seconds: float,
+    pairs: int,
+) -> dict[str, Any]:
+    """Paired wrk runs against one process and one pool, its recorder on, then off."""
+    script = load.write_scripts(run_dir)["users"]
+    out = {}
+    with servers.running([PAIR], database_url, run_dir, pool_size) as apps:
+        app = apps[PAIR.key]
+        for level in levels:
+            print(f"bench: instrumentation overhead, HTTP c={level}, {pairs} pairs...", flush=True)
+            out[f"c{level}"] = _http_level(app, script, level, seconds, pairs)
+            print("  " + line(f"HTTP c={level}", out[f"c{level}"]), flush=True)
+    return out
+
+
+def _switch(app: App, on: bool) -> None:
+    url = f"{app.url}/bench/metrics/{'on' if on else 'off'}"
+    with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5) as answer:
+        if json.loads(answer.read()) != {"on": on}:
+            raise RuntimeError(f"could not turn the recorder {'on' if on else 'off'}")
+
+
+def _http_level(app: App, script: Path, level: int, seconds: float, pairs: int) -> dict[str, Any]:
+    for on in (True, False):
+        _switch(app, on)
         load.run(app.url, script, level, 2)
     ratios, errors = [], 0
     for pair in range(pairs):
-        order = (on, off) if pair % 2 == 0 else (off, on)
+        order = (True, False) if pair % 2 == 0 else (False, True)
         rps = {}
-        for app in order:
+        for on in order:
+            _switch(app, on)
             result = load.run(app.url, script, level, seconds)
-            rps[app.variant.key] = result["rps"]
+            rps[on] = result["rps"]
             errors += result["errors"]
-        ratios.append(rps[on.variant.key] / rps[off.variant.key])
+        ratios.append(rps[True] / rps[False])
+    _switch(app, True)
     return {"level": level, "seconds": seconds, "errors": errors, **summarize(ratios)}
 
 
