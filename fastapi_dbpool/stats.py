@@ -1,8 +1,8 @@
 """The /pool/stats and /health/db bodies: pydantic models used as response models."""
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from fastapi_dbpool.advice import Advice, advise
 from fastapi_dbpool.database import DatabasePool
@@ -69,11 +69,20 @@ class PoolStats(BaseModel):
 
 
 class AppPoolStats(PoolStats):
-    """/pool/stats: the default pool at the top (as with one pool), and every pool by name."""
+    """/pool/stats: the default pool at the top, and every pool by name when there are more."""
 
-    pools: dict[str, PoolStats] = Field(
-        description="Every pool of the app by name, the default one included."
+    pools: dict[str, PoolStats] | None = Field(
+        None,
+        description="Every pool of the app by name, the default one included; absent when the "
+        "app has only the default pool.",
     )
+
+    @model_serializer(mode="wrap")
+    def _without_absent_pools(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("pools") is None:
+            data.pop("pools", None)
+        return data
 
 
 class PoolHealth(BaseModel):
@@ -144,4 +153,4 @@ def snapshot_all(databases: Databases) -> AppPoolStats:
     """Every pool's snapshot, by name, the default pool's also at the top."""
     pools = {database.settings.name: snapshot(database) for database in databases}
     default = pools[databases.default.settings.name]
-    return AppPoolStats(**dict(default), pools=pools)
+    return AppPoolStats(**dict(default), pools=pools if len(pools) > 1 else None)
