@@ -252,7 +252,6 @@ class DatabasePool:
 
     def mark_down(self) -> None:
         """This replica could not serve: reads skip it until a background ping works again."""
-        self.fallbacks += 1
         if self.down or self.pool.closed:
             return
         self.down = True

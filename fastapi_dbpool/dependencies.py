@@ -114,6 +114,7 @@ async def _session(
         conn, token = await database.acquire(route, timeout)
     except Exception as exc:
         if fallback and unavailable_reason(exc) is not None:
+            database.fallbacks += 1
             database.mark_down()
             raise _CannotServe() from exc
         _reraise(database, exc, None)
