@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
+import httpx
 import psycopg
 import pytest
 from fastapi import Depends, FastAPI
@@ -292,3 +293,47 @@ def test_prefer_standby_falls_back_to_the_primary_when_the_standby_is_down(pair:
     finally:
         standby.start()
     assert asyncio.run(in_recovery()) is True
+
+
+def test_reads_under_load_while_the_replica_stops(pair: Pair) -> None:
+    """4 clients loop reads while the replica stops: every read that starts after the stop
+    answers 200 from the primary; one in flight on the replica at that moment may get 503
+    (never 500), and nothing hangs."""
+    app = build_app(pair)
+    results: list[tuple[float, float, int, bool | None]] = []
+
+    async def scenario() -> float:
+        done = asyncio.Event()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+
+            async def loop() -> None:
+                while not done.is_set():
+                    started = time.monotonic()
+                    response = await client.get("/where")
+                    body = response.json() if response.status_code == 200 else {}
+                    results.append(
+                        (started, time.monotonic(), response.status_code, body.get("in_recovery"))
+                    )
+
+            loops = [asyncio.create_task(loop()) for _ in range(4)]
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(pair.standby.stop, "fast")
+            stopped = time.monotonic()
+            await asyncio.sleep(1.0)
+            done.set()
+            await asyncio.gather(*loops)
+        return stopped
+
+    with TestClient(app) as client:
+        try:
+            stopped = client.portal.call(scenario)
+        finally:
+            pair.standby.start()
+    before = [r for r in results if r[0] < stopped]
+    after = [r for r in results if r[0] >= stopped]
+    assert any(r[3] is True for r in before)  # the replica served before it stopped
+    assert len(after) >= 20
+    assert {(status, in_recovery) for _, _, status, in_recovery in after} == {(200, False)}
+    assert {status for _, _, status, _ in before} <= {200, 503}
+    assert max(end - start for start, end, _, _ in results) < 0.5 + 1.0
