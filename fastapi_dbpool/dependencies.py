@@ -75,6 +75,9 @@ async def get_pool(request: HTTPConnection) -> AsyncConnectionPool[AsyncConnecti
     return _database(request).pool
 
 
+_OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+
+
 class _CannotServe(Exception):
     """A replica could not lend a connection in time: the read goes elsewhere."""
 
@@ -120,7 +123,10 @@ async def _session(
         _reraise(database, exc, None)
     try:
         if autocommit:
-            await conn.set_autocommit(True)
+            try:
+                await conn.set_autocommit(True)
+            except Exception as exc:
+                _reraise(database, exc, conn)
         try:
             yield conn
         except BaseException as exc:
@@ -130,10 +136,21 @@ async def _session(
             raise
         if not autocommit:
             await _commit(database, conn)
+        elif conn.pgconn.transaction_status in _OPEN:
+            # An explicit BEGIN on an autocommit connection, never committed: its writes would
+            # vanish with a 200. Roll back and say so.
+            logger.warning(
+                "the endpoint left a transaction open on an autocommit (read) connection; "
+                "rolled back, answering 500: use get_conn for transactions"
+            )
+            await _rollback_quietly(conn)
+            raise CommitFailed()
     finally:
-        if autocommit and not conn.broken and not conn.closed:
-            await conn.set_autocommit(False)
-        await database.release(conn, token)
+        try:
+            if autocommit and not conn.broken and not conn.closed:
+                await _restore_transactional(conn)
+        finally:
+            await database.release(conn, token)
 
 
 async def _commit(database: DatabasePool, conn: AsyncConnection[Any]) -> None:
@@ -158,6 +175,16 @@ async def _commit(database: DatabasePool, conn: AsyncConnection[Any]) -> None:
             )
             translated = CommitFailed()
         raise translated from exc
+
+
+async def _restore_transactional(conn: AsyncConnection[Any]) -> None:
+    """Back to the pool's usual mode; a connection that cannot be is closed, never lent again
+    in autocommit."""
+    try:
+        await conn.set_autocommit(False)
+    except Exception as exc:
+        logger.warning("closing a connection left in autocommit: %s: %s", type(exc).__name__, exc)
+        await conn.close()
 
 
 async def _rollback_quietly(conn: AsyncConnection[Any]) -> None:

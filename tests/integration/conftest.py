@@ -100,6 +100,13 @@ def build_app(settings: PoolSettings, **lifespan_kwargs: Any) -> FastAPI:
         await conn.execute("INSERT INTO items (id, note) VALUES (%s, 'autocommit')", (item_id,))
         raise HTTPException(409, "raised after an autocommit write")
 
+    @app.post("/read/begin/{item_id}")
+    async def begin_in_autocommit(item_id: int, conn: ReadConnDep) -> None:
+        await conn.execute("BEGIN")
+        await conn.execute(
+            "INSERT INTO items (id, note) VALUES (%s, 'never committed')", (item_id,)
+        )
+
     @app.get("/pid")
     async def pid(conn: ConnDep) -> dict[str, int]:
         return {"pid": conn.info.backend_pid}

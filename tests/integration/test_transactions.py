@@ -162,6 +162,21 @@ def test_read_conn_writes_commit_statement_by_statement(
     assert row_exists(database_server.url, "items", item)
 
 
+def test_a_transaction_left_open_on_a_read_conn_answers_500_and_the_connection_is_reused(
+    make_settings: SettingsFactory, client_for: ClientFor, database_server: DatabaseServer
+) -> None:
+    client = client_for(build_app(make_settings(min_size=1, max_size=1)))
+    item = new_id()
+    # BEGIN on an autocommit connection, never committed: a 200 would lose the write silently.
+    assert client.post(f"/read/begin/{item}").status_code == 500
+    assert not row_exists(database_server.url, "items", item)
+    # The pool's only connection came back, in its transactional mode.
+    after = client.get("/mode").json()
+    assert (after["autocommit"], after["status"]) == (False, "INTRANS")
+    stats = client.get("/pool/stats").json()
+    assert stats["counters"]["requests_errors"] == 0
+
+
 def test_swallowed_sql_error_answers_5xx_not_a_silent_rollback(
     make_settings: SettingsFactory,
     client_for: ClientFor,
