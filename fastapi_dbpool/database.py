@@ -60,6 +60,7 @@ class DatabasePool:
         self._healer: asyncio.Task[None] | None = None
         self.down = False  # a replica that could not serve: reads skip it until a ping works
         self.fallbacks = 0  # reads this replica could not take, sent elsewhere
+        self._connect_errors_seen = 0
         self.recorder = (
             Recorder(settings.name, settings.leak_threshold) if settings.metrics else None
         )
@@ -250,6 +251,13 @@ class DatabasePool:
         in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0)
         return max(0, in_use) + stats.get("requests_waiting", 0)
 
+    def connect_failing(self) -> bool:
+        """Whether connection attempts failed since the last time this was asked."""
+        errors = int(self.pool.get_stats().get("connections_errors", 0))
+        failing = errors > self._connect_errors_seen
+        self._connect_errors_seen = errors
+        return failing
+
     def mark_down(self) -> None:
         """This replica could not serve: reads skip it until a background ping works again."""
         if self.down or self.pool.closed:
@@ -411,6 +419,9 @@ def _closed_by_server(conn: Conn) -> bool:
             if not _readable(fd):
                 return pgconn.status == ConnStatus.BAD
             pgconn.consume_input()
+            while notify := pgconn.notifies():  # hand them on, as psycopg does
+                if pgconn.notify_handler:
+                    pgconn.notify_handler(notify)
     except (OSError, ValueError, psycopg.OperationalError):
         return True
     return pgconn.status == ConnStatus.BAD

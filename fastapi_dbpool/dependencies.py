@@ -116,9 +116,12 @@ async def _session(
     try:
         conn, token = await database.acquire(route, timeout)
     except Exception as exc:
-        if fallback and unavailable_reason(exc) is not None:
+        reason = unavailable_reason(exc)
+        if fallback and reason is not None:
             database.fallbacks += 1
-            database.mark_down()
+            # Busy is not down: only a replica that cannot connect is skipped from now on.
+            if reason not in ("pool_timeout", "queue_full") or database.connect_failing():
+                database.mark_down()
             raise _CannotServe() from exc
         _reraise(database, exc, None)
     try:
@@ -131,7 +134,7 @@ async def _session(
             yield conn
         except BaseException as exc:
             await _rollback_quietly(conn)
-            if isinstance(exc, Exception) and not isinstance(exc, HTTPException):
+            if isinstance(exc, Exception) and _translatable(exc, conn):
                 _reraise(database, exc, conn)
             raise
         if not autocommit:
@@ -153,6 +156,15 @@ async def _session(
             await database.release(conn, token)
 
 
+def _translatable(exc: Exception, conn: AsyncConnection[Any]) -> bool:
+    """Whether this session answers for exc: a lost connection only if it is this one (an
+    endpoint with connections from several pools sees every session's errors)."""
+    if isinstance(exc, HTTPException):
+        return False
+    lost = unavailable_reason(exc, conn) == "connection_lost"
+    return not lost or conn.broken or conn.closed
+
+
 async def _commit(database: DatabasePool, conn: AsyncConnection[Any]) -> None:
     status = conn.pgconn.transaction_status
     if status == TransactionStatus.INERROR:
@@ -163,9 +175,9 @@ async def _commit(database: DatabasePool, conn: AsyncConnection[Any]) -> None:
         )
         await _rollback_quietly(conn)
         raise CommitFailed()
-    if status != TransactionStatus.INTRANS:
-        return  # nothing to commit (no statement ran), or the connection is gone
-    try:
+    if status == TransactionStatus.IDLE:
+        return  # no statement ran: nothing to commit
+    try:  # also when the connection is gone (503) or still busy (commit waits for its lock)
         await conn.commit()
     except psycopg.Error as exc:
         translated = _translate(database, exc, conn)
@@ -281,14 +293,18 @@ async def get_read_conn(
 ConnDependency = Callable[..., Coroutine[Any, Any, AsyncConnection[Any]]]
 
 
-@functools.cache
 def get_conn_for(name: str, *, read: bool = False) -> ConnDependency:
     """The dependency for a connection from the pool called name, e.g. "analytics".
 
     ``Depends(get_conn_for("analytics"))`` behaves as get_conn (a transaction, committed before
     the response), or as get_read_conn's autocommit with read=True, on that pool. One
-    dependency per name: FastAPI shares it within a request.
+    dependency per name and mode: FastAPI shares it within a request.
     """
+    return _conn_dependency(name, bool(read))
+
+
+@functools.cache
+def _conn_dependency(name: str, read: bool) -> ConnDependency:
     enter = autocommit if read else transaction
 
     async def scoped(request: HTTPConnection) -> AsyncIterator[AsyncConnection[Any]]:

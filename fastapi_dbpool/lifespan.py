@@ -24,9 +24,10 @@ def create_pool_lifespan(
 
     settings is the default pool (get_conn), a PoolSettings or a callable returning one (read
     at startup, so importing the app needs no environment). pools names the others: a list of
-    names, each read from DBPOOL_<NAME>_*, or a mapping of name to settings; without it, the
-    names in DBPOOL_POOLS. The app's own lifespan starts after every pool is open, so it can
-    use ``app.state.dbpool``, and ends before they close.
+    names, each read from DBPOOL_<NAME>_*, or a mapping of name to settings (build them with
+    PoolSettings.for_pool(name, ...), which reads DBPOOL_<NAME>_* rather than the default
+    pool's variables); without it, the names in DBPOOL_POOLS. The app's own lifespan starts
+    after every pool is open, so it can use ``app.state.dbpool``, and ends before they close.
     """
 
     @asynccontextmanager

@@ -29,13 +29,23 @@ class Databases:
     def build(cls, default: PoolSettings, named: list[PoolSettings] | None = None) -> "Databases":
         """The pools of these settings, the default one first; names must differ."""
         settings = [default, *(named or [])]
-        names = [item.name for item in settings]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
+        upper = [item.name.upper() for item in settings]
+        duplicates = sorted({item.name for item in settings if upper.count(item.name.upper()) > 1})
         if duplicates:
             raise SettingsError(
                 f"two pools are named {', '.join(map(repr, duplicates))}: give each pool its "
                 "own name (DBPOOL_NAME, DBPOOL_<NAME>_NAME)"
             )
+        for item in named or []:
+            prefix = f"{item.name.upper()}_"
+            clash = next(
+                (other.name for other in named or [] if other.name.upper().startswith(prefix)), None
+            )
+            if clash is not None:
+                raise SettingsError(
+                    f"pools {item.name!r} and {clash!r} would share variables "
+                    f"(DBPOOL_{prefix}...): rename one of them"
+                )
         if default.replica:
             raise SettingsError(
                 "DBPOOL_REPLICA=true on the default pool: the default pool is the primary that "
@@ -75,11 +85,17 @@ class Databases:
 
     async def open(self) -> None:
         """Open every pool at once; if a required one fails, close the others and raise."""
-        results = await asyncio.gather(
-            *(pool.open() for pool in self._by_name.values()), return_exceptions=True
-        )
+        try:
+            results = await asyncio.gather(
+                *(pool.open() for pool in self._by_name.values()), return_exceptions=True
+            )
+        except BaseException:  # startup itself cancelled: leave nothing open behind
+            await self.close(quiet=True)
+            raise
         failures = [result for result in results if isinstance(result, BaseException)]
         if failures:
+            for other in failures[1:]:
+                logger.error("another pool failed to open too: %s", other)
             await self.close(quiet=True)
             raise failures[0]
 

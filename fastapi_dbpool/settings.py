@@ -44,7 +44,8 @@ class PoolSettings(BaseSettings):
     )
 
     url: SecretStr = Field(
-        validation_alias=AliasChoices("url", "DBPOOL_URL", "DATABASE_URL"),
+        # Not "url" itself: a bare URL variable, which some platforms set, must not be read.
+        validation_alias=AliasChoices("DBPOOL_URL", "DATABASE_URL"),
         description="PostgreSQL connection string (URI or key=value); "
         "read from DBPOOL_URL, else DATABASE_URL.",
     )
@@ -376,7 +377,7 @@ def _named_settings(name: str) -> type[PoolSettings]:
         url=(
             SecretStr,
             Field(
-                validation_alias=AliasChoices("url", f"{prefix}URL"),
+                validation_alias=AliasChoices(f"{prefix}URL"),
                 description=f"PostgreSQL connection string of pool {name!r}.",
             ),
         ),

@@ -186,9 +186,11 @@ class Recorder:
 
     def released(self, token: int) -> None:
         """The connection of the holding token went back to the pool."""
+        holding = self._holdings.pop(token, None)
+        if holding is None:  # not a checkout this recorder timed: nothing to count
+            return
         self.in_use -= 1
-        since = self._holdings.pop(token)[0]
-        self.hold.add((monotonic() - since) * 1000)
+        self.hold.add((monotonic() - holding[0]) * 1000)
         if self._reported:
             self._reported.discard(token)
 

@@ -1,6 +1,7 @@
 """A small app exercising every dependency, and settings pointing at the test server."""
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -160,6 +161,13 @@ def build_app(settings: PoolSettings, **lifespan_kwargs: Any) -> FastAPI:
     async def sleep(conn: ConnDep, seconds: float = 1.0) -> dict[str, float]:
         await conn.execute("SELECT pg_sleep(%s)", (seconds,))
         return {"slept": seconds}
+
+    @app.post("/swallow-lost/{item_id}")
+    async def swallow_lost(item_id: int, conn: ConnDep) -> dict[str, str]:
+        await conn.execute("INSERT INTO items (id, note) VALUES (%s, 'lost')", (item_id,))
+        with contextlib.suppress(psycopg.OperationalError):  # swallowed: it means to answer 200
+            await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return {"unreachable": "the commit finds its connection gone"}
 
     @app.get("/suicide")
     async def suicide(conn: ConnDep) -> dict[str, str]:

@@ -177,6 +177,16 @@ def test_a_transaction_left_open_on_a_read_conn_answers_500_and_the_connection_i
     assert stats["counters"]["requests_errors"] == 0
 
 
+def test_a_lost_connection_the_endpoint_swallowed_answers_503_not_200(
+    make_settings: SettingsFactory, client_for: ClientFor, database_server: DatabaseServer
+) -> None:
+    client = client_for(build_app(make_settings()))
+    item = new_id()
+    response = client.post(f"/swallow-lost/{item}")
+    assert response.status_code == 503  # not 200: the write was never committed
+    assert not row_exists(database_server.url, "items", item)
+
+
 def test_swallowed_sql_error_answers_5xx_not_a_silent_rollback(
     make_settings: SettingsFactory,
     client_for: ClientFor,

@@ -65,16 +65,15 @@ def pair() -> Iterator[Pair]:
 
 def build_app(pair: Pair, **replica: Any) -> FastAPI:
     primary = PoolSettings(url=pair.primary.url, name="primary", min_size=1, max_size=4)
-    standby = PoolSettings(
-        url=pair.standby.url,
-        replica=True,
-        min_size=1,
-        max_size=4,
-        health_timeout=1.0,
-        reconnect_timeout=1.0,
-        **replica,
-    )
-    analytics = PoolSettings(url=pair.primary.url, min_size=0, max_size=2)
+    options: dict[str, Any] = {
+        "replica": True,
+        "min_size": 1,
+        "max_size": 4,
+        "health_timeout": 1.0,
+        "reconnect_timeout": 1.0,
+    }
+    standby = PoolSettings.for_pool("replica", url=pair.standby.url, **{**options, **replica})
+    analytics = PoolSettings.for_pool("analytics", url=pair.primary.url, min_size=0, max_size=2)
     app = FastAPI(
         lifespan=create_pool_lifespan(primary, pools={"replica": standby, "analytics": analytics})
     )
@@ -86,6 +85,13 @@ def build_app(pair: Pair, **replica: Any) -> FastAPI:
         row = await cur.fetchone()
         assert row is not None
         return {"in_recovery": row[0], "port": row[1]}
+
+    @app.get("/where/slowly")
+    async def where_slowly(conn: ReadConnDep) -> dict[str, Any]:
+        cur = await conn.execute("SELECT pg_is_in_recovery() FROM pg_sleep(1)")
+        row = await cur.fetchone()
+        assert row is not None
+        return {"in_recovery": row[0]}
 
     @app.post("/items")
     async def create(conn: ConnDep) -> dict[str, Any]:
@@ -337,3 +343,28 @@ def test_reads_under_load_while_the_replica_stops(pair: Pair) -> None:
     assert {(status, in_recovery) for _, _, status, in_recovery in after} == {(200, False)}
     assert {status for _, _, status, _ in before} <= {200, 503}
     assert max(end - start for start, end, _, _ in results) < 0.5 + 1.0
+
+
+def test_a_busy_replica_sends_the_overflow_to_the_primary_and_stays_in_service(
+    pair: Pair,
+) -> None:
+    """One replica connection, held by a slow read: the next read waits the fallback timeout,
+    goes to the primary, and the replica is not taken out of service for being busy."""
+    app = build_app(pair, min_size=1, max_size=1)
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            slow = asyncio.create_task(client.get("/where/slowly"))
+            await asyncio.sleep(0.2)
+            overflow = (await client.get("/where")).json()
+            return (await slow).json(), overflow
+
+    with TestClient(app) as client:
+        slow, overflow = client.portal.call(scenario)
+        stats = client.get("/pool/stats").json()["pools"]["replica"]
+        after = client.get("/where").json()
+    assert slow == {"in_recovery": True}
+    assert overflow["in_recovery"] is False  # the primary took it
+    assert (stats["serving"], stats["fallbacks"]) == (True, 1)
+    assert after["in_recovery"] is True  # the replica serves the next read again

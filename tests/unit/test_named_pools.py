@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fastapi_dbpool import Databases, PoolSettings, SettingsError
+from fastapi_dbpool import Databases, PoolSettings, SettingsError, get_conn_for
 
 SECRET = "n0t-in-any-message"
 URL = f"postgresql://app:{SECRET}@127.0.0.1:5432/app"
@@ -94,3 +94,31 @@ def test_a_name_whose_variables_clash_with_the_default_pools_is_refused() -> Non
     # DBPOOL_MAX_SIZE is the default pool's; a pool "max" would read it as its own "size".
     with pytest.raises(SettingsError, match=r"pool name 'max' clashes with DBPOOL_MAX_SIZE"):
         PoolSettings.for_pool("max")
+
+
+def test_a_bare_url_variable_is_never_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Some platforms set URL; neither pool may take it for its database.
+    monkeypatch.setenv("URL", "postgresql://someone:else@elsewhere/db")
+    monkeypatch.setenv("DBPOOL_REPLICA_URL", URL)
+    assert PoolSettings.for_pool("replica").conninfo() == URL
+    monkeypatch.delenv("DBPOOL_URL")
+    with pytest.raises(SettingsError, match=r"DBPOOL_URL .or DATABASE_URL. is not set"):
+        PoolSettings()
+
+
+def test_pools_whose_variables_overlap_are_refused() -> None:
+    # DBPOOL_REPLICA_FALLBACK_TIMEOUT would be both replica's and replica_fallback's setting.
+    with pytest.raises(SettingsError, match="pools 'replica' and 'replica_fallback'"):
+        Databases.build(
+            PoolSettings(), [PoolSettings(name="replica"), PoolSettings(name="replica_fallback")]
+        )
+    with pytest.raises(SettingsError, match="two pools are named"):
+        Databases.build(
+            PoolSettings(), [PoolSettings(name="Replica"), PoolSettings(name="replica")]
+        )
+
+
+def test_one_dependency_per_pool_and_mode() -> None:
+    assert get_conn_for("analytics") is get_conn_for("analytics", read=False)
+    assert get_conn_for("analytics") is get_conn_for(name="analytics")
+    assert get_conn_for("analytics", read=True) is not get_conn_for("analytics")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fastapi_dbpool.timings import WINDOW, Distribution
+from fastapi_dbpool.timings import WINDOW, Distribution, Recorder
 
 
 def test_window_percentiles_are_exact() -> None:
@@ -39,3 +39,13 @@ def test_window_forgets_old_samples_but_since_start_does_not() -> None:
 def test_empty_distribution_reads_as_zeros() -> None:
     assert Distribution().window().count == 0
     assert Distribution().since_start().p99 == 0
+
+
+def test_releasing_a_token_the_recorder_never_issued_counts_nothing() -> None:
+    recorder = Recorder("p", None)
+    token = recorder.acquired(recorder.wait_started(), "GET /x")
+    recorder.released(token + 100)  # not one of its checkouts
+    assert recorder.in_use == 1
+    recorder.released(token)
+    assert recorder.in_use == 0
+    assert recorder.snapshot().hold_ms.window.count == 1
