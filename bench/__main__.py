@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
@@ -146,6 +147,20 @@ def _meta(
     }  # fmt: skip
 
 
+def _publish(
+    args: argparse.Namespace, started: float, results: dict[str, Any], json_path: Path,
+    rendered: str, write_doc: Callable[[], None], doc: Path,
+) -> int:  # fmt: skip
+    """Raw JSON, the tables on the terminal, and the generated part of doc (full runs only)."""
+    json_path.write_text(json.dumps(results, indent=2))
+    print(rendered)
+    if not args.quick and not args.no_docs:
+        write_doc()
+        print(f"bench: wrote {doc.relative_to(ROOT)}")
+    print(f"bench: done in {time.monotonic() - started:.0f} s; raw results {json_path}")
+    return 0
+
+
 def _median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "rps": statistics.median(r["rps"] for r in runs),
@@ -261,13 +276,8 @@ def run_scaleout(args: argparse.Namespace) -> int:
     json_path = run_dir / "scaleout.json"
     # The run itself keeps every CPU busy: the load average is reported, not judged.
     results["meta"] = _meta(stamp, started, versions, json_path, load_before)
-    json_path.write_text(json.dumps(results, indent=2))
-    print(scaleout.table(results))
-    if not args.quick and not args.no_docs:
-        scaleout.write_doc(results, SCALEOUT_DOC)
-        print(f"bench: wrote {SCALEOUT_DOC.relative_to(ROOT)}")
-    print(f"bench: done in {time.monotonic() - started:.0f} s; raw results {json_path}")
-    return 0
+    return _publish(args, started, results, json_path, scaleout.table(results),
+                    lambda: scaleout.write_doc(results, SCALEOUT_DOC), SCALEOUT_DOC)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -329,14 +339,9 @@ def run(args: argparse.Namespace) -> int:
     results["targets"] = report.targets(results["http"])
     json_path = run_dir / "results.json"
     results["meta"] = _meta(stamp, started, versions, json_path, load_before)
-    json_path.write_text(json.dumps(results, indent=2))
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
-    print(report.render(results))
-    if not args.quick and not args.no_docs:
-        report.write(results, DOC)
-        print(f"bench: wrote {DOC.relative_to(ROOT)}")
-    print(f"bench: done in {time.monotonic() - started:.0f} s; raw results {json_path}")
-    return 0
+    return _publish(args, started, results, json_path, report.render(results),
+                    lambda: report.write(results, DOC), DOC)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,6 +63,13 @@ def pair() -> Iterator[Pair]:
         primary.close()
 
 
+async def row_of(conn: AsyncConnection[Any], sql: str, *params: Any) -> tuple[Any, ...]:
+    cur = await conn.execute(sql, params or None)
+    row: tuple[Any, ...] | None = await cur.fetchone()
+    assert row is not None
+    return row
+
+
 def build_app(pair: Pair, **replica: Any) -> FastAPI:
     primary = PoolSettings(url=pair.primary.url, name="primary", min_size=1, max_size=4)
     options: dict[str, Any] = {
@@ -81,48 +88,38 @@ def build_app(pair: Pair, **replica: Any) -> FastAPI:
 
     @app.get("/where")
     async def where(conn: ReadConnDep) -> dict[str, Any]:
-        cur = await conn.execute("SELECT pg_is_in_recovery(), current_setting('port')::int")
-        row = await cur.fetchone()
-        assert row is not None
+        row = await row_of(conn, "SELECT pg_is_in_recovery(), current_setting('port')::int")
         return {"in_recovery": row[0], "port": row[1]}
 
     @app.get("/where/slowly")
     async def where_slowly(conn: ReadConnDep) -> dict[str, Any]:
-        cur = await conn.execute("SELECT pg_is_in_recovery() FROM pg_sleep(1)")
-        row = await cur.fetchone()
-        assert row is not None
+        row = await row_of(conn, "SELECT pg_is_in_recovery() FROM pg_sleep(1)")
         return {"in_recovery": row[0]}
 
     @app.post("/items")
     async def create(conn: ConnDep) -> dict[str, Any]:
-        cur = await conn.execute(
-            "INSERT INTO items (note) VALUES ('from the primary') RETURNING id, pg_is_in_recovery()"
+        row = await row_of(
+            conn,
+            "INSERT INTO items (note) VALUES ('from the primary') "
+            "RETURNING id, pg_is_in_recovery()",
         )
-        row = await cur.fetchone()
-        assert row is not None
         return {"id": row[0], "in_recovery": row[1]}
 
     @app.get("/items/{item_id}")
     async def read(item_id: int, conn: ReadConnDep) -> dict[str, Any]:
-        cur = await conn.execute(
-            "SELECT (SELECT note FROM items WHERE id = %s), pg_is_in_recovery()", (item_id,)
+        row = await row_of(
+            conn, "SELECT (SELECT note FROM items WHERE id = %s), pg_is_in_recovery()", item_id
         )
-        row = await cur.fetchone()
-        assert row is not None
         return {"note": row[0], "in_recovery": row[1]}
 
     @app.get("/analytics")
     async def analytics_name(conn: AnalyticsConn) -> dict[str, Any]:
-        cur = await conn.execute("SELECT current_setting('application_name')")
-        row = await cur.fetchone()
-        assert row is not None
+        row = await row_of(conn, "SELECT current_setting('application_name')")
         return {"application_name": row[0]}
 
     @app.get("/analytics/read")
     async def analytics_read(conn: AnalyticsReadConn) -> dict[str, Any]:
-        cur = await conn.execute("SELECT current_setting('application_name')")
-        row = await cur.fetchone()
-        assert row is not None
+        row = await row_of(conn, "SELECT current_setting('application_name')")
         return {"application_name": row[0], "autocommit": conn.autocommit}
 
     @app.get("/nowhere")
