@@ -13,11 +13,9 @@ interval: the budget is met when the whole interval lies above 0.97.
   % either way, run to run, and pairing cannot cancel that; one pool in one process can.)
 """
 
-import asyncio
 import json
 import random
 import statistics
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from typing import Any
 import uvloop
 
 from bench import load, servers
-from bench.poolloop import USERS, _psycopg_query
+from bench.poolloop import _psycopg_query, ops_per_second
 from bench.servers import App
 from bench.variants import Variant
 from fastapi_dbpool import DatabasePool, PoolSettings, transaction
@@ -58,20 +56,9 @@ async def _pool_pairs(url: str, size: int, tasks: int, slice_s: float, pairs: in
 
         async def run(on: bool, seconds: float) -> float:
             database.recorder = recorder if on else None
-            stop = time.perf_counter() + seconds
-            count = 0
-
-            async def worker() -> None:
-                nonlocal count
-                rand = random.Random()
-                while time.perf_counter() < stop:
-                    async with transaction(database) as conn:
-                        await _psycopg_query(conn, rand.randint(1, USERS))
-                    count += 1
-
-            started = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(tasks)))
-            return count / (time.perf_counter() - started)
+            return await ops_per_second(
+                lambda: transaction(database), _psycopg_query, tasks, seconds
+            )
 
         for on in (True, False):  # warm-up: prepared statements, caches
             await run(on, 0.5)

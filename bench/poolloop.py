@@ -88,24 +88,26 @@ POOLS: dict[str, tuple[str, Callable[[str, int], AbstractAsyncContextManager[Any
 
 async def _loop(url: str, key: str, size: int, tasks: int, seconds: float) -> float:
     async with POOLS[key][1](url, size) as (checkout, query):
-        stop = 0.0
-        count = 0
+        await ops_per_second(checkout, query, tasks, min(0.5, seconds / 4))  # warm-up
+        return await ops_per_second(checkout, query, tasks, seconds)
 
-        async def worker() -> None:
-            nonlocal count
-            rand = random.Random()
-            while time.perf_counter() < stop:
-                async with checkout() as conn:
-                    await query(conn, rand.randint(1, USERS))
-                count += 1
 
-        stop = time.perf_counter() + min(0.5, seconds / 4)  # warm-up: prepare, fill caches
-        await asyncio.gather(*(worker() for _ in range(tasks)))
-        count = 0
-        started = time.perf_counter()
-        stop = started + seconds
-        await asyncio.gather(*(worker() for _ in range(tasks)))
-        return count / (time.perf_counter() - started)
+async def ops_per_second(checkout: Checkout, query: Query, tasks: int, seconds: float) -> float:
+    """tasks looping checkout + query (a random user) + release for seconds: operations/s."""
+    stop = time.perf_counter() + seconds
+    count = 0
+
+    async def worker() -> None:
+        nonlocal count
+        rand = random.Random()
+        while time.perf_counter() < stop:
+            async with checkout() as conn:
+                await query(conn, rand.randint(1, USERS))
+            count += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+    return count / (time.perf_counter() - started)
 
 
 def pool_loop(url: str, size: int, tasks: int, seconds: float, rounds: int) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import os
 import select
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from time import monotonic
 from typing import Any
@@ -248,8 +248,7 @@ class DatabasePool:
         if self.recorder is not None:
             return self.recorder.in_use + self.recorder.waiting
         stats = self.pool.get_stats()
-        in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0)
-        return max(0, in_use) + stats.get("requests_waiting", 0)
+        return connections_in_use(stats) + stats.get("requests_waiting", 0)
 
     def connect_failing(self) -> bool:
         """Whether connection attempts failed since the last time this was asked."""
@@ -301,7 +300,7 @@ class DatabasePool:
             f"pool={self.settings.name}",
             f"total={size}",
             f"free={free}",
-            f"in_use={max(0, size - free)}",
+            f"in_use={connections_in_use(stats)}",
             f"waiting={stats.get('requests_waiting', 0)}",
             f"unavailable={sum(self.unavailable.values())}",
         ]
@@ -405,6 +404,11 @@ class DatabasePool:
                 )
                 return
             await self._check_pool()
+
+
+def connections_in_use(stats: Mapping[str, int]) -> int:
+    """Connections lent out now, from psycopg-pool's get_stats() (which omits zero keys)."""
+    return max(0, stats.get("pool_size", 0) - stats.get("pool_available", 0))
 
 
 def _closed_by_server(conn: Conn) -> bool:

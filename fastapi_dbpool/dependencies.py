@@ -44,10 +44,14 @@ async def get_database(request: HTTPConnection) -> DatabasePool:
     return _database(request)
 
 
+def _from_state(request: HTTPConnection, key: str) -> Any:
+    """What the lifespan put under key: in the request's state, else the app's."""
+    value = getattr(request.state, key, None)
+    return value if value is not None else getattr(request.app.state, key, None)
+
+
 def _database(request: HTTPConnection) -> DatabasePool:
-    database = getattr(request.state, STATE_KEY, None)
-    if database is None:
-        database = getattr(request.app.state, STATE_KEY, None)
+    database = _from_state(request, STATE_KEY)
     if not isinstance(database, DatabasePool):
         raise RuntimeError(_NO_POOL)
     return database
@@ -59,9 +63,7 @@ async def get_databases(request: HTTPConnection) -> "Databases":
 
 
 def _databases(request: HTTPConnection) -> "Databases":
-    databases = getattr(request.state, POOLS_KEY, None)
-    if databases is None:
-        databases = getattr(request.app.state, POOLS_KEY, None)
+    databases = _from_state(request, POOLS_KEY)
     if databases is None:
         from fastapi_dbpool.pools import Databases
 
@@ -321,10 +323,11 @@ def _conn_dependency(name: str, read: bool) -> ConnDependency:
     return dependency
 
 
+@functools.cache
 def get_database_for(
     name: str,
 ) -> Callable[[HTTPConnection], Coroutine[Any, Any, DatabasePool]]:
-    """The dependency for the DatabasePool called name."""
+    """The dependency for the DatabasePool called name (one per name, like get_conn_for)."""
 
     async def dependency(request: HTTPConnection) -> DatabasePool:
         return _named_pool(request, name)

@@ -6,7 +6,7 @@ scrape: nothing global, nothing on the request path.
 
 from collections.abc import Iterator, Sequence
 
-from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.database import DatabasePool, connections_in_use
 
 try:
     from prometheus_client import CollectorRegistry, generate_latest
@@ -80,9 +80,8 @@ if available:
                 labels=["pool", "state"],
             )
             for _, name, stats in pools:
-                size, free = stats.get("pool_size", 0), stats.get("pool_available", 0)
-                connections.add_metric([name, "idle"], free)
-                connections.add_metric([name, "in_use"], max(0, size - free))
+                connections.add_metric([name, "idle"], stats.get("pool_available", 0))
+                connections.add_metric([name, "in_use"], connections_in_use(stats))
             yield connections
             for metric, doc, key, family in _FROM_STATS:
                 single = family(metric, doc, labels=["pool"])
