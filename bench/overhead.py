@@ -26,7 +26,9 @@ from bench import load, servers
 from bench.poolloop import _psycopg_query, ops_per_second
 from bench.servers import App
 from bench.variants import Variant
-from fastapi_dbpool import DatabasePool, PoolSettings, transaction
+from fastapi_dbpool import PoolSettings
+from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.session import transaction
 
 BUDGET = 0.97  # metrics-on throughput must stay at or above this share of metrics-off
 

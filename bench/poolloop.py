@@ -14,7 +14,9 @@ import uvloop
 from psycopg_pool import AsyncConnectionPool
 
 from bench.apps._common import QUERY, QUERY_DOLLAR, params
-from fastapi_dbpool import DatabasePool, PoolSettings, autocommit, transaction
+from fastapi_dbpool import PoolSettings
+from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.session import autocommit, transaction
 
 USERS = 10_000
 Checkout = Callable[[], AbstractAsyncContextManager[Any]]

@@ -15,14 +15,8 @@ from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
-from fastapi_dbpool import (
-    ConnDep,
-    PoolSettings,
-    ReadConnDep,
-    create_pool_lifespan,
-    pool_router,
-    transaction,
-)
+from fastapi_dbpool import ConnDep, PoolSettings, ReadConnDep, create_pool_lifespan, pool_router
+from fastapi_dbpool.session import transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -87,7 +81,7 @@ router = APIRouter(prefix="/users", tags=["users"])
 async def list_users(
     conn: ReadConnDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # a bigint, or 422
 ) -> list[User]:
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(

@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
-from fastapi_dbpool.dependencies import POOLS_KEY, STATE_KEY
+from fastapi_dbpool._state import POOLS_KEY, STATE_KEY
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.settings import PoolSettings
 

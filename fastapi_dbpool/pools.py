@@ -2,10 +2,18 @@
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from psycopg import AsyncConnection
 
 from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.errors import unavailable_reason
+from fastapi_dbpool.health import connect_failing, mark_down
+from fastapi_dbpool.session import Lease, Leases, autocommit, lend
 from fastapi_dbpool.settings import PoolSettings, SettingsError
+from fastapi_dbpool.summary import connections_in_use
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -24,6 +32,8 @@ class Databases:
         self._by_name = {pool.settings.name: pool for pool in pools}
         self.replicas = [pool for pool in pools if pool.settings.replica]
         self._turn = 0
+        # Whether a route also writes through the default pool, by id(route) (see get_read_conn).
+        self.route_writes: dict[int, tuple[object, bool]] = {}
 
     @classmethod
     def build(cls, default: PoolSettings, named: list[PoolSettings] | None = None) -> "Databases":
@@ -80,8 +90,33 @@ class Databases:
         if len(serving) > 1:
             self._turn = (self._turn + 1) % len(serving)
             serving = serving[self._turn :] + serving[: self._turn]
-            serving.sort(key=DatabasePool.busy)  # stable: the turn breaks ties
+            serving.sort(key=_busy)  # stable: the turn breaks ties
         return serving
+
+    @asynccontextmanager
+    async def read(
+        self, route: object = "", leases: Leases | None = None, primary: bool = False
+    ) -> AsyncIterator[AsyncConnection[Any]]:
+        """A connection for reads, in autocommit: from the least busy replica that lends one
+        within its DBPOOL_<NAME>_FALLBACK_TIMEOUT, else from the default pool.
+
+        The default pool when the app has no replica, when the request already holds a
+        connection of the default pool, or with primary (the route writes there too): one
+        connection per request, and reads that see the request's own writes."""
+        default = self.default
+        if not self.replicas or primary or (leases is not None and default in leases):
+            async with autocommit(default, route, leases=leases) as conn:
+                yield conn
+            return
+        for replica in self.read_order():
+            lease = await _try_lend(replica, route, leases)
+            if lease is None:
+                continue  # the next replica, then the default pool
+            async with autocommit(replica, route, lease=lease) as conn:
+                yield conn
+            return
+        async with autocommit(default, route, leases=leases) as conn:
+            yield conn
 
     async def open(self) -> None:
         """Open every pool at once; if a required one fails, close the others and raise."""
@@ -111,3 +146,28 @@ class Databases:
                     pool.settings.name,
                     pool.redact(str(result)),
                 )
+
+
+def _busy(database: DatabasePool) -> int:
+    """Connections in use plus requests waiting: how loaded a pool is, for routing."""
+    recorder = database.recorder
+    if recorder is not None:
+        return recorder.in_use + recorder.waiting
+    stats = database.pool.get_stats()
+    return connections_in_use(stats) + stats.get("requests_waiting", 0)
+
+
+async def _try_lend(replica: DatabasePool, route: object, leases: Leases | None) -> Lease | None:
+    """A connection of the replica within its fallback timeout, or None (counted as a
+    fallback; a replica that cannot connect, rather than a busy one, is marked down)."""
+    try:
+        return await lend(replica, route, replica.settings.fallback_timeout, leases)
+    except Exception as exc:
+        reason = unavailable_reason(exc)
+        if reason is None:
+            raise
+        replica.fallbacks += 1
+        # Busy is not down: only a replica that cannot connect is skipped from now on.
+        if reason not in ("pool_timeout", "queue_full") or connect_failing(replica):
+            mark_down(replica)
+        return None

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi_dbpool import metrics
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.dependencies import get_databases
+from fastapi_dbpool.health import ping
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.stats import AppPoolStats, Health, PoolHealth, snapshot_all
 
@@ -53,7 +54,7 @@ async def _check(database: DatabasePool) -> PoolHealth:
     if database.down:  # a replica reads skip: its own pings say when it is back
         return PoolHealth(status="unavailable", required=required, reason="not_serving")
     started = perf_counter()
-    reason = await database.ping()
+    reason = await ping(database)
     if reason is not None:
         return PoolHealth(status="unavailable", required=required, reason=reason)
     latency_ms = round((perf_counter() - started) * 1000, 2)

@@ -205,6 +205,12 @@ class PoolSettings(BaseSettings):
         description="Seconds shutdown waits for the pool's workers before closing anyway.",
     )
     retry_after: int = Field(1, ge=0, description="Retry-After seconds sent with 503 answers.")
+    reset_session: bool = Field(
+        False,
+        description="Run RESET ALL on every connection given back (in psycopg-pool's worker, "
+        "off the request path, one round trip), so a session-level SET made by one request "
+        "never reaches the next; the connection's Python attributes are restored either way.",
+    )
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -225,6 +231,11 @@ class PoolSettings(BaseSettings):
         and so on; values given here win over the environment.
         """
         return _named_settings(_pool_name(name))(**values)
+
+    def env_var(self, field: str) -> str:
+        """The environment variable of field for this pool: DBPOOL_MAX_SIZE, or
+        DBPOOL_REPLICA_MAX_SIZE for the pool named replica."""
+        return env_var(field, self.env_prefix())
 
     @property
     def is_required(self) -> bool:

@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_seri
 
 from fastapi_dbpool.advice import Advice, advise
 from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.health import HealthReason
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.timings import Timings
 
@@ -90,8 +91,12 @@ class PoolHealth(BaseModel):
 
     status: Literal["ok", "unavailable"]
     required: bool = Field(description="Whether this pool being down makes /health/db 503.")
-    reason: str | None = Field(
-        None, description="Why the pool is unavailable: timeout, unreachable, pool_closed, ..."
+    reason: HealthReason | None = Field(
+        None,
+        description="Why the pool is unavailable: timeout (no answer within "
+        "DBPOOL_HEALTH_TIMEOUT), pool_timeout (every connection busy), queue_full, pool_closed, "
+        "unreachable (cannot connect, or the connection was lost), not_serving (a replica "
+        "that reads skip until it answers).",
     )
     latency_ms: float | None = Field(None, description="Round trip of the check query.")
 
@@ -103,10 +108,9 @@ class Health(BaseModel):
         description="ok: every pool answers; degraded: only pools that are not required fail "
         "(200); unavailable: a required pool fails (503)."
     )
-    reason: str | None = Field(
+    reason: HealthReason | None = Field(
         None,
-        description="Why the default (or first failing required) pool is unavailable: "
-        "timeout, unreachable, pool_closed, ...",
+        description="Why the default (or first failing required) pool is unavailable, as in pools.",
     )
     latency_ms: float | None = Field(None, description="Round trip of the default pool's check.")
     pools: dict[str, PoolHealth] | None = Field(

@@ -9,7 +9,9 @@ import bisect
 import logging
 import math
 from collections import deque
+from collections.abc import Mapping
 from time import monotonic
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -146,7 +148,12 @@ class Recorder:
     The hot path is two calls per checkout (acquired, released): a few counters, two
     monotonic() reads and two list appends."""
 
-    def __init__(self, pool_name: str, leak_threshold: float | None) -> None:
+    def __init__(
+        self,
+        pool_name: str,
+        leak_threshold: float | None,
+        leak_variable: str = "DBPOOL_LEAK_THRESHOLD",
+    ) -> None:
         self.wait = Distribution()
         self.hold = Distribution()
         self.in_use = 0
@@ -156,8 +163,9 @@ class Recorder:
         self.slow_holders = 0
         self._name = pool_name
         self._leak_threshold = leak_threshold
+        self._leak_variable = leak_variable
         self._last_token = 0
-        self._holdings: dict[int, tuple[float, str]] = {}  # token: (since, route)
+        self._holdings: dict[int, tuple[float, object]] = {}  # token: (since, route)
         self._reported: set[int] = set()
 
     def wait_started(self) -> float:
@@ -167,8 +175,10 @@ class Recorder:
             self.max_waiting = self.waiting
         return monotonic()
 
-    def acquired(self, started: float, route: str) -> int:
-        """The request waiting since started got its connection; returns the holding's token."""
+    def acquired(self, started: float, route: object) -> int:
+        """The request waiting since started got its connection; returns the holding's token.
+
+        route: a label, or the request's ASGI scope (made into a label only if it is named)."""
         now = monotonic()
         self.waiting -= 1
         self.wait.add((now - started) * 1000)
@@ -210,11 +220,11 @@ class Recorder:
                     self.slow_holders += 1
                     logger.warning(
                         "pool %r: %s has held a connection for %.1f s "
-                        "(DBPOOL_LEAK_THRESHOLD %s s): a leak, or work that should not hold "
-                        "a connection",
+                        "(%s %s s): a leak, or work that should not hold a connection",
                         self._name,
-                        route,
+                        route_label(route),
                         now - since,
+                        self._leak_variable,
                         threshold,
                     )
 
@@ -230,3 +240,12 @@ class Recorder:
             max_waiting=self.max_waiting,
             slow_holders=self.slow_holders,
         )
+
+
+def route_label(route: object) -> str:
+    """METHOD /path/template for an ASGI scope (as given to acquire), else route as text."""
+    if not isinstance(route, Mapping):
+        return str(route)
+    scope: Mapping[str, Any] = route
+    template = getattr(scope.get("route"), "path", None) or scope.get("path", "")
+    return f"{scope.get('method', 'WS')} {template}"

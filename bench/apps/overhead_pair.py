@@ -12,7 +12,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from bench.apps._common import QUERY, user
-from fastapi_dbpool import ConnDep, DatabasePool, pool_lifespan
+from fastapi_dbpool import ConnDep, pool_lifespan
+from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.timings import Recorder
 
 app = FastAPI(lifespan=pool_lifespan)

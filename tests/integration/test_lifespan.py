@@ -11,7 +11,8 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from fastapi_dbpool import PoolStartupError, get_database
+from fastapi_dbpool.dependencies import get_database
+from fastapi_dbpool.errors import PoolStartupError
 from fastapi_dbpool.testing import DatabaseServer, Observer
 from tests.support import free_port
 

@@ -4,7 +4,8 @@ import asyncio
 
 import pytest
 
-from fastapi_dbpool import DatabasePool, transaction
+from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.session import transaction
 from tests.integration.conftest import SettingsFactory
 
 

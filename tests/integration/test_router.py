@@ -7,7 +7,8 @@ import pytest
 from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.testclient import TestClient
 
-from fastapi_dbpool import PoolCounters, create_pool_lifespan, pool_router
+from fastapi_dbpool import create_pool_lifespan, pool_router
+from fastapi_dbpool.stats import PoolCounters
 from fastapi_dbpool.testing import DatabaseServer, Observer
 
 from .conftest import SettingsFactory, build_app

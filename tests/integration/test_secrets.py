@@ -8,7 +8,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from fastapi_dbpool import DatabasePool, PoolStartupError, SettingsError
+from fastapi_dbpool import SettingsError
+from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.errors import PoolStartupError
 from fastapi_dbpool.testing import DatabaseServer
 
 from .conftest import SettingsFactory, build_app

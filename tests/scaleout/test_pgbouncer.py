@@ -7,8 +7,9 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from fastapi_dbpool import DatabasePool, PoolSettings, SettingsError
-from fastapi_dbpool.dependencies import transaction
+from fastapi_dbpool import PoolSettings, SettingsError
+from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.session import transaction
 from tests.integration.conftest import build_app
 
 pytestmark = pytest.mark.slow

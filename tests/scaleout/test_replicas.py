@@ -19,7 +19,6 @@ from psycopg import AsyncConnection
 
 from fastapi_dbpool import (
     ConnDep,
-    DatabasePool,
     PoolSettings,
     ReadConnDep,
     create_pool_lifespan,
@@ -27,6 +26,7 @@ from fastapi_dbpool import (
     pool_lifespan,
     pool_router,
 )
+from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.testing import EmbeddedPostgres
 
 AnalyticsConn = Annotated[AsyncConnection[Any], Depends(get_conn_for("analytics"))]

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from fastapi_dbpool import Databases, PoolSettings, SettingsError, get_conn_for
+from fastapi_dbpool import PoolSettings, SettingsError, get_conn_for
+from fastapi_dbpool.pools import Databases
 
 SECRET = "n0t-in-any-message"
 URL = f"postgresql://app:{SECRET}@127.0.0.1:5432/app"

@@ -1,0 +1,55 @@
+"""Where the lifespan keeps the app's pools, and how a request finds them.
+
+The lifespan writes these keys (into the lifespan state and ``app.state``); the dependencies
+and the router read them. Neither imports the other.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import HTTPConnection
+
+if TYPE_CHECKING:
+    from fastapi_dbpool.database import DatabasePool
+    from fastapi_dbpool.pools import Databases
+
+STATE_KEY = "dbpool"  # the default DatabasePool
+POOLS_KEY = "dbpools"  # every pool, as Databases
+
+NO_POOL = (
+    "no database pool on this app: create it with FastAPI(lifespan=pool_lifespan) "
+    "or FastAPI(lifespan=create_pool_lifespan(settings))"
+)
+
+
+def _from_state(request: HTTPConnection, key: str) -> Any:
+    """What the lifespan put under key: in the request's state, else the app's."""
+    value = getattr(request.state, key, None)
+    return value if value is not None else getattr(request.app.state, key, None)
+
+
+def database_of(request: HTTPConnection) -> "DatabasePool":
+    """The app's default pool; a clear error when the app has no pool lifespan."""
+    from fastapi_dbpool.database import DatabasePool
+
+    database = _from_state(request, STATE_KEY)
+    if not isinstance(database, DatabasePool):
+        raise RuntimeError(NO_POOL)
+    return database
+
+
+def databases_of(request: HTTPConnection) -> "Databases":
+    """Every pool of the app, by name (a DatabasePool put on the state by hand: a set of one)."""
+    databases = _from_state(request, POOLS_KEY)
+    if databases is None:
+        from fastapi_dbpool.pools import Databases
+
+        return Databases([database_of(request)])
+    return databases  # type: ignore[no-any-return]
+
+
+def named_pool(request: HTTPConnection, name: str) -> "DatabasePool":
+    """The pool called name, or an error naming the pools the app has."""
+    try:
+        return databases_of(request).get(name)
+    except LookupError as exc:
+        raise RuntimeError(str(exc)) from None

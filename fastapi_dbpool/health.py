@@ -1,0 +1,102 @@
+"""Whether a pool can serve: the health check's ping and its reasons, and a replica's
+down/up state (a replica that cannot serve is skipped by reads until a ping answers)."""
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Literal
+
+import psycopg
+from psycopg.pq import TransactionStatus
+
+from fastapi_dbpool.errors import unavailable_reason
+
+if TYPE_CHECKING:
+    from fastapi_dbpool.database import DatabasePool
+
+logger = logging.getLogger("fastapi_dbpool")
+
+HealthReason = Literal[
+    "timeout",  # the check did not answer within DBPOOL_HEALTH_TIMEOUT
+    "pool_timeout",  # every connection was busy for the whole DBPOOL_HEALTH_TIMEOUT
+    "queue_full",  # DBPOOL_MAX_WAITING requests were already waiting
+    "pool_closed",  # the pool is closed (shutting down)
+    "unreachable",  # the server could not be reached, or the connection was lost
+    "not_serving",  # a replica that reads skip until a ping answers
+]
+HEALTH_REASONS: tuple[HealthReason, ...] = (
+    "timeout",
+    "pool_timeout",
+    "queue_full",
+    "pool_closed",
+    "unreachable",
+    "not_serving",
+)
+
+_UP_INTERVAL = 0.5  # seconds between pings of a replica that is down
+
+
+async def ping(database: "DatabasePool") -> HealthReason | None:
+    """Run SELECT 1 within DBPOOL_HEALTH_TIMEOUT; None if it worked, else why not."""
+    timeout = database.settings.health_timeout
+    try:
+        await asyncio.wait_for(_select_one(database, timeout), timeout)
+    except (TimeoutError, asyncio.TimeoutError):
+        return "timeout"
+    except Exception as exc:
+        reason = unavailable_reason(exc)
+        if reason in ("pool_timeout", "queue_full", "pool_closed"):
+            return reason
+        if reason == "connection_lost" or isinstance(exc, psycopg.Error):
+            database.healer.lost_connection()
+            return "unreachable"
+        logger.warning(
+            "health check of pool %r failed: %s",
+            database.settings.name,
+            database.redact(f"{type(exc).__name__}: {exc}"),
+        )
+        return "unreachable"
+    return None
+
+
+async def _select_one(database: "DatabasePool", timeout: float) -> None:
+    """One round trip: SELECT 1 in autocommit, no BEGIN/COMMIT around it."""
+    conn, token = await database.acquire("GET /health/db", timeout)
+    try:
+        await conn.set_autocommit(True)
+        await conn.execute("SELECT 1")
+    finally:
+        try:
+            if not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE:
+                await database.restore(conn)
+        finally:
+            await database.release(conn, token)
+
+
+def mark_down(database: "DatabasePool") -> None:
+    """This replica could not serve: reads skip it until a background ping works again."""
+    if database.down or database.pool.closed:
+        return
+    database.down = True
+    logger.warning(
+        "pool %r cannot serve (%s): reads go to the other pools until it answers again",
+        database.settings.name,
+        database.target(),
+    )
+    database.spawn(_until_up(database))
+
+
+async def _until_up(database: "DatabasePool") -> None:
+    while not database.pool.closed:
+        await asyncio.sleep(_UP_INTERVAL)
+        if await ping(database) is None:
+            database.down = False
+            logger.warning("pool %r serves again (%s)", database.settings.name, database.target())
+            return
+
+
+def connect_failing(database: "DatabasePool") -> bool:
+    """Whether the pool's connection attempts failed since the last time this was asked."""
+    errors = int(database.pool.get_stats().get("connections_errors", 0))
+    failing = errors > database.connect_errors_seen
+    database.connect_errors_seen = errors
+    return failing
