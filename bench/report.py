@@ -10,6 +10,7 @@ END = "<!-- bench:end -->"
 
 REFERENCE = "psycopg-pool"  # variant 3
 ASYNCPG = "asyncpg"  # variant 4
+READ_REFERENCE = "psycopg-pool-autocommit"  # variant 9
 
 
 def _ratio(results: dict[str, Any], key: str, other: str) -> float | None:
@@ -43,9 +44,15 @@ def targets(http: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     checks = []
     for level_name, level in http.items():
         c = int(level_name.removeprefix("c"))
-        wanted = [("dbpool", REFERENCE, 0.97), ("dbpool", "no-pool", 10.0)]
+        # Issue 11: get_conn within 7 % of the raw pool, the read path within 5 % of the raw
+        # autocommit pool; 0.9 x asyncpg is the stretch goal of the read path.
+        wanted = [
+            ("dbpool", REFERENCE, 0.93),
+            ("dbpool-read", READ_REFERENCE, 0.95),
+            ("dbpool", "no-pool", 10.0),
+        ]
         if c in (16, 64):
-            wanted.append(("dbpool-read", ASYNCPG, 1.0))
+            wanted.append(("dbpool-read", ASYNCPG, 0.9))
         for key, other, goal in wanted:
             ratio = _ratio(level, key, other)
             if ratio is None:

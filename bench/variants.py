@@ -29,6 +29,12 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("no-pool", 6, "no pool, connect per request", "bench.apps.no_pool"),
     Variant("sync", 7, "sync def + psycopg ConnectionPool", "bench.apps.sync_pool"),
     Variant("dbpool-read", 8, "fastapi_dbpool, ReadConnDep (autocommit)", "bench.apps.dbpool_read"),
+    Variant(
+        "psycopg-pool-autocommit",
+        9,
+        "raw psycopg AsyncConnectionPool, autocommit, prepare_threshold=0",
+        "bench.apps.psycopg_pool_autocommit",
+    ),
 )
 
 BY_KEY = {variant.key: variant for variant in VARIANTS}

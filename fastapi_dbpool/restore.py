@@ -10,9 +10,11 @@ from time import monotonic
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.adapt import AdaptersMap
+from psycopg.adapt import AdaptersMap, PyFormat
 
 Conn = AsyncConnection[Any]
+
+_AUTO, _TEXT, _BINARY = PyFormat.AUTO, PyFormat.TEXT, PyFormat.BINARY
 
 # Plain attributes, restored by assignment.
 _ATTRIBUTES = (
@@ -51,18 +53,27 @@ class Baseline:
 
     async def restore(self, conn: Conn) -> None:
         """Put back whatever differs from the baseline (the connection must be idle)."""
-        for name, value in zip(_ATTRIBUTES, self.values, strict=True):
-            if getattr(conn, name) is not value:
-                setattr(conn, name, value)
-        if conn.autocommit != self.autocommit:
+        row_factory, cursor_factory, server_cursor_factory, threshold, prepared_max = self.values
+        if conn.row_factory is not row_factory:
+            conn.row_factory = row_factory
+        if conn.cursor_factory is not cursor_factory:
+            conn.cursor_factory = cursor_factory
+        if conn.server_cursor_factory is not server_cursor_factory:
+            conn.server_cursor_factory = server_cursor_factory
+        if conn.prepare_threshold != threshold:
+            conn.prepare_threshold = threshold
+        if conn.prepared_max != prepared_max:
+            conn.prepared_max = prepared_max
+        # The transaction characteristics: async setters, awaited only when changed.
+        if conn.autocommit is not self.autocommit:
             await conn.set_autocommit(self.autocommit)
-        if conn.isolation_level != self.isolation_level:
+        if conn.isolation_level is not self.isolation_level:
             await conn.set_isolation_level(self.isolation_level)
-        if conn.read_only != self.read_only:
+        if conn.read_only is not self.read_only:
             await conn.set_read_only(self.read_only)
-        if conn.deferrable != self.deferrable:
+        if conn.deferrable is not self.deferrable:
             await conn.set_deferrable(self.deferrable)
-        if _changed(conn):
+        if _changed(conn, self.adapters):
             _lend_adapters(conn, self.adapters)
 
 
@@ -71,17 +82,28 @@ def _lend_adapters(conn: Conn, template: AdaptersMap) -> None:
     conn._adapters = AdaptersMap(template)
 
 
-def _changed(conn: Conn) -> bool:
-    """Whether a loader, dumper or type was registered on the connection's own adapters."""
+def _changed(conn: Conn, template: AdaptersMap) -> bool:
+    """Whether a loader, dumper or type was registered on the connection's adapters.
+
+    A map made from a template shares the template's tables until something is registered on
+    it, which copies the table first (copy-on-write): a table that is not the template's own
+    object any more was written to. Spelled out, not looped: this runs on every return."""
     adapters = conn._adapters
     if adapters is None:
         return False
     try:
-        return (
-            any(adapters._own_loaders)
-            or any(adapters._own_dumpers_by_oid)
-            or any(adapters._own_dumpers.values())
-            or adapters.types._own_state
+        loaders, dumpers, by_oid = adapters._loaders, adapters._dumpers, adapters._dumpers_by_oid
+        base_loaders, base_dumpers = template._loaders, template._dumpers
+        base_by_oid = template._dumpers_by_oid
+        return not (
+            adapters.types._registry is template.types._registry
+            and loaders[0] is base_loaders[0]
+            and loaders[1] is base_loaders[1]
+            and by_oid[0] is base_by_oid[0]
+            and by_oid[1] is base_by_oid[1]
+            and dumpers[_AUTO] is base_dumpers[_AUTO]
+            and dumpers[_TEXT] is base_dumpers[_TEXT]
+            and dumpers[_BINARY] is base_dumpers[_BINARY]
         )
-    except AttributeError:  # another psycopg's internals: replace it every time, to be safe
+    except (AttributeError, KeyError, IndexError):  # other internals: replace it, to be safe
         return True
