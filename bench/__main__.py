@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -161,16 +160,6 @@ def _publish(
     return 0
 
 
-def _median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "rps": statistics.median(r["rps"] for r in runs),
-        "p50_ms": statistics.median(r["p50_ms"] for r in runs),
-        "p99_ms": statistics.median(r["p99_ms"] for r in runs),
-        "errors": sum(r["errors"] for r in runs),
-        "rounds": runs,
-    }
-
-
 def _http(
     apps: dict[str, servers.App], config: dict[str, Any], scripts: dict[str, Path],
     deadline: float, notes: list[str],
@@ -197,7 +186,7 @@ def _http(
                       f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:7.2f} ms"
                       + (f"  errors {result['error_kinds']}" if result["errors"] else ""),
                       flush=True)  # fmt: skip
-        http[f"c{level}"] = {key: _median_result(v) for key, v in runs.items() if v}
+        http[f"c{level}"] = {key: load.median_of(v) for key, v in runs.items() if v}
     return http
 
 

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -86,4 +87,16 @@ def run(url: str, script: Path, connections: int, seconds: float) -> dict[str, A
         "max_ms": raw["max_us"] / 1000,
         "errors": errors,
         "error_kinds": {k: v for k, v in raw["errors"].items() if v},
+    }
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of the same setup (from run) in one: req/s, p50 and p99 the median of the runs,
+    errors their sum, and the runs themselves as "rounds"."""
+    return {
+        "rps": statistics.median(r["rps"] for r in runs),
+        "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+        "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "rounds": runs,
     }

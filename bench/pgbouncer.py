@@ -1,9 +1,9 @@
 """A real PgBouncer 1.x in transaction mode on 127.0.0.1, in front of the run's PostgreSQL.
 
-The same setup as the tests' ``pgbouncer_url`` fixture (tests/scaleout/conftest.py): a userlist
-with the role's password in clear (PgBouncer then speaks SCRAM to both sides), run as the
-unprivileged user of the embedded server when we are root (PgBouncer refuses root), output to a
-log file, stopped in a finally.
+The same setup as the tests' ``pgbouncer_url`` fixture (tests/scaleout/conftest.py), its files
+written by the same ``write_pgbouncer_config``: a userlist with the role's password in clear
+(PgBouncer then speaks SCRAM to both sides), run as the unprivileged user of the embedded server
+when we are root (PgBouncer refuses root), output to a log file, stopped in a finally.
 """
 
 import os
@@ -23,6 +23,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench.servers import HOST, free_port
+from fastapi_dbpool.testing._pgbouncer import write_pgbouncer_config
 
 RUNNER = "fastapi_dbpool_pg"  # the user EmbeddedPostgres runs the server as, when we are root
 START_TIMEOUT = 10.0
@@ -56,29 +57,6 @@ def version() -> str:
     return lines[0].strip() if lines else "?"
 
 
-def _quote(value: str) -> str:
-    return '"' + value.replace('"', '""') + '"'
-
-
-def _config(target: dict[str, Any], port: int, workdir: Path, pool_size: int, clients: int) -> str:
-    user = str(target.get("user") or "app")
-    return f"""[databases]
-* = host={target.get("host") or HOST} port={target.get("port") or 5432}
-
-[pgbouncer]
-listen_addr = {HOST}
-listen_port = {port}
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = {workdir / "userlist.txt"}
-admin_users = {user}
-pool_mode = transaction
-default_pool_size = {pool_size}
-max_client_conn = {clients}
-ignore_startup_parameters = extra_float_digits
-"""
-
-
 def _stop(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM (PgBouncer's immediate shutdown), SIGKILL if it does not exit in time."""
     if process.poll() is not None:
@@ -110,9 +88,16 @@ def running(
     process: subprocess.Popen[bytes] | None = None
     log = log_dir / "pgbouncer.log"
     try:
-        (workdir / "userlist.txt").write_text(f"{_quote(user)} {_quote(str(password))}\n")
-        (workdir / "pgbouncer.ini").write_text(
-            _config(target, port, workdir, pool_size, max_client_conn)
+        ini = write_pgbouncer_config(
+            workdir,
+            server_host=str(target.get("host") or HOST),
+            server_port=int(target.get("port") or 5432),
+            listen_port=port,
+            user=user,
+            password=str(password),
+            pool_size=pool_size,
+            max_client_conn=max_client_conn,
+            admin=True,
         )
         kwargs: dict[str, Any] = {}
         if os.geteuid() == 0:  # PgBouncer refuses to run as root
@@ -122,7 +107,7 @@ def running(
             kwargs = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [binary(), str(workdir / "pgbouncer.ini")],
+                [binary(), str(ini)],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -283,13 +283,7 @@ def _spread(values: list[int]) -> dict[str, float]:
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over rounds; connection counts: max of the rounds' max, median of their medians."""
-    out: dict[str, Any] = {
-        "rps": statistics.median(r["rps"] for r in runs),
-        "p50_ms": statistics.median(r["p50_ms"] for r in runs),
-        "p99_ms": statistics.median(r["p99_ms"] for r in runs),
-        "errors": sum(r["errors"] for r in runs),
-        "rounds": runs,
-    }
+    out = load.median_of(runs)
     for name in runs[0]["connections"]:
         spreads = [r["connections"][name] for r in runs if r["connections"][name]]
         if spreads:

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.variants import Variant
+from fastapi_dbpool.testing._server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # every request of the harness goes here, and nowhere else
@@ -24,13 +24,6 @@ UVICORN_OPTIONS = (
     "--host", HOST, "--workers", "1", "--loop", "uvloop", "--http", "httptools",
     "--no-access-log", "--log-level", "warning", "--lifespan", "on",
 )  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,18 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import httpx
+import httpx2
 import pytest
 
+from fastapi_dbpool.testing._server import free_port as free_port  # re-exported for the tests
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -82,9 +75,9 @@ def serve_app(
         deadline = time.monotonic() + 20
         while True:
             try:
-                if httpx.get(served.base + ready_path, timeout=1).status_code == 200:
+                if httpx2.get(served.base + ready_path, timeout=1).status_code == 200:
                     break
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()

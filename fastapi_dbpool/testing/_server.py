@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +79,8 @@ class DatabaseServer:
         return self.controls
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -140,7 +140,7 @@ class EmbeddedPostgres:
         self.base.mkdir(parents=True, exist_ok=True)
         self.data = self.base / "data"
         self.log = self.base / "server.log"
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self._user = _server_user()
         self._secrets_file = self.base / "credentials"
         if credentials is not None and not self._secrets_file.exists():
@@ -218,23 +218,6 @@ class EmbeddedPostgres:
             replica.close()
             raise
         return replica
-
-    def wait_replayed(self, standby: "EmbeddedPostgres", timeout: float = 10.0) -> None:
-        """Wait until standby has replayed everything this primary has written so far."""
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
-        target = row[0] if row else "0/0"
-        deadline = time.monotonic() + timeout
-        with psycopg.connect(standby.admin_url, autocommit=True) as conn:
-            while True:
-                done = conn.execute(
-                    "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)
-                ).fetchone()
-                if done and done[0]:
-                    return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the standby did not replay up to {target} in {timeout} s")
-                time.sleep(0.02)
 
     def start(self) -> None:
         """Initialize if needed, start, and wait until the server accepts connections."""

@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-import httpx
+import httpx2
 import psycopg
 import pytest
 
@@ -103,12 +103,12 @@ class LoadLoop:
             thread.join()
 
     def _run(self) -> None:
-        with httpx.Client(timeout=T + 10) as client:
+        with httpx2.Client(timeout=T + 10) as client:
             while not self._stop.is_set():
                 started = time.monotonic()
                 try:
                     status = client.get(self._url).status_code
-                except httpx.TransportError:
+                except httpx2.TransportError:
                     status = 0
                 with self._lock:
                     self.outcomes.append(
@@ -122,7 +122,7 @@ def leak_check(served: Served, observer: Observer, timeout: float = 3.0) -> None
     and the next request succeeds."""
     deadline = time.monotonic() + timeout
     while True:
-        stats = httpx.get(f"{served.base}/pool/stats", timeout=5).json()
+        stats = httpx2.get(f"{served.base}/pool/stats", timeout=5).json()
         backends = observer.backends(served.application_name)
         stuck = [b for b in backends if str(b["state"]).startswith("idle in transaction")]
         active = [b for b in backends if b["state"] == "active"]
@@ -138,7 +138,7 @@ def leak_check(served: Served, observer: Observer, timeout: float = 3.0) -> None
             f"{[(b['pid'], b['state']) for b in backends]}"
         )
         time.sleep(0.05)
-    assert httpx.get(f"{served.base}/value", timeout=5).status_code == 200
+    assert httpx2.get(f"{served.base}/value", timeout=5).status_code == 200
 
 
 def assert_no_password(text: str, password: str | None) -> None:

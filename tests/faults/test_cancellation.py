@@ -5,7 +5,7 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
+import httpx2
 import psycopg
 import pytest
 
@@ -45,7 +45,7 @@ def test_cancelled_request_cancels_its_query_on_the_server(
 ) -> None:
     with served(FAULT_CANCEL_MIDDLEWARE="1") as app:
         started = time.monotonic()
-        response = httpx.get(
+        response = httpx2.get(
             f"{app.base}/sleep",
             params={"seconds": 10},
             headers={"X-Cancel-After": "0.3"},
@@ -73,7 +73,7 @@ def test_cancellation_while_queued_loses_no_connection(
         FAULT_CANCEL_MIDDLEWARE="1", DBPOOL_MIN_SIZE="1", DBPOOL_MAX_SIZE="1", DBPOOL_TIMEOUT="5"
     ) as app:
         holder = threading.Thread(
-            target=httpx.get,
+            target=httpx2.get,
             args=(f"{app.base}/sleep",),
             kwargs={"params": {"seconds": 2.0}, "timeout": 10},
         )
@@ -83,7 +83,7 @@ def test_cancellation_while_queued_loses_no_connection(
         with ThreadPoolExecutor(5) as executor:
             responses = list(
                 executor.map(
-                    lambda _: httpx.get(
+                    lambda _: httpx2.get(
                         f"{app.base}/value", headers={"X-Cancel-After": "0.5"}, timeout=10
                     ),
                     range(5),
@@ -91,7 +91,7 @@ def test_cancellation_while_queued_loses_no_connection(
             )
         assert [r.status_code for r in responses] == [504] * 5
         holder.join()
-        stats = httpx.get(f"{app.base}/pool/stats", timeout=5).json()
+        stats = httpx2.get(f"{app.base}/pool/stats", timeout=5).json()
         assert stats["waiting"] == 0
         assert stats["total"] == stats["free"] == 1
         leak_check(app, observer)
@@ -103,7 +103,7 @@ def test_stream_that_breaks_after_a_write_rolls_back(
     item = secrets.randbelow(2**62)
     with served() as app:
         url = f"{app.base}/stream/fail/{item}"
-        with pytest.raises(httpx.HTTPError), httpx.stream("GET", url, timeout=5) as response:
+        with pytest.raises(httpx2.HTTPError), httpx2.stream("GET", url, timeout=5) as response:
             assert response.status_code == 200  # headers went out before the failure
             response.read()
         assert not row_exists(database_server.url, item)
@@ -120,7 +120,7 @@ def test_handler_outcome_decides_commit_over_a_real_socket(
 ) -> None:
     item = secrets.randbelow(2**62)
     with served() as app:
-        response = httpx.post(f"{app.base}/items/{item}", params={"fail": fail}, timeout=5)
+        response = httpx2.post(f"{app.base}/items/{item}", params={"fail": fail}, timeout=5)
         assert response.status_code == status
         assert row_exists(database_server.url, item) is (status == 200)
         if status == 500:

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
+import httpx2
 import psycopg
 import pytest
 
@@ -35,7 +35,7 @@ def test_burst_runs_max_size_at_once_serves_in_order_and_sheds_the_rest(
         def request(n: int) -> None:
             time.sleep(n * 0.05)  # staggered arrivals
             started = time.monotonic()
-            response = httpx.get(f"{app.base}/queued", params={"seconds": 0.5}, timeout=10)
+            response = httpx2.get(f"{app.base}/queued", params={"seconds": 0.5}, timeout=10)
             body = response.json() if response.status_code == 200 else {}
             with lock:
                 arrivals.append((started, time.monotonic(), response.status_code, body))
@@ -60,7 +60,7 @@ def test_burst_runs_max_size_at_once_serves_in_order_and_sheds_the_rest(
         ]
         assert len(stamps) == statuses[200]
         assert got_in_arrival_order == sorted(got_in_arrival_order)
-        stats = httpx.get(f"{app.base}/pool/stats", timeout=5).json()
+        stats = httpx2.get(f"{app.base}/pool/stats", timeout=5).json()
         assert stats["unavailable"]["pool_timeout"] == statuses[503]  # counters match clients
         # After the burst the pool shrinks back towards min_size (max_idle = 1 s).
         assert observer.wait_for_count(app.application_name, 1, timeout=8.0) == 1
@@ -76,13 +76,13 @@ def test_full_queue_sheds_at_once(served: ServeFactory, observer: Observer) -> N
     }
     with served(**env) as app, ThreadPoolExecutor(4) as executor:
         holder = executor.submit(
-            httpx.get, f"{app.base}/sleep", params={"seconds": 1.5}, timeout=10
+            httpx2.get, f"{app.base}/sleep", params={"seconds": 1.5}, timeout=10
         )
         time.sleep(0.3)
-        waiters = [executor.submit(httpx.get, f"{app.base}/value", timeout=10) for _ in range(2)]
+        waiters = [executor.submit(httpx2.get, f"{app.base}/value", timeout=10) for _ in range(2)]
         time.sleep(0.3)
         started = time.monotonic()
-        overflow = httpx.get(f"{app.base}/value", timeout=10)
+        overflow = httpx2.get(f"{app.base}/value", timeout=10)
         assert overflow.status_code == 503
         assert time.monotonic() - started < 0.25
         assert overflow.headers["retry-after"] == "1"
@@ -99,7 +99,7 @@ def test_max_lifetime_replaces_connections_without_failing_requests(
         assert observer.wait_for_count(app.application_name, 2) == 2
         first = {b["pid"]: b["backend_start"] for b in observer.backends(app.application_name)}
         statuses = []
-        with httpx.Client(base_url=app.base, timeout=5) as client:
+        with httpx2.Client(base_url=app.base, timeout=5) as client:
             deadline = time.monotonic() + 3.0
             while time.monotonic() < deadline:
                 statuses.append(client.get("/value").status_code)
@@ -136,11 +136,11 @@ def test_soak_mixed_traffic_loses_and_leaks_nothing(
             try:
                 if kind == "slow":
                     url, params = f"{app.base}/sleep", {"seconds": "0.3"}
-                    status = httpx.get(url, params=params, timeout=10).status_code
+                    status = httpx2.get(url, params=params, timeout=10).status_code
                 else:
                     url, params = f"{app.base}/items/{item}", {"fail": "" if kind == "ok" else kind}
-                    status = httpx.post(url, params=params, timeout=10).status_code
-            except httpx.TimeoutException:
+                    status = httpx2.post(url, params=params, timeout=10).status_code
+            except httpx2.TimeoutException:
                 with lock:
                     hung.append((n, kind, round(time.monotonic() - t0, 2)))
                 return
@@ -167,7 +167,7 @@ def test_soak_mixed_traffic_loses_and_leaks_nothing(
             assert (item in present) is (status == 200), (item, status)
         assert truth.peak <= 4
         time.sleep(0.3)  # the last disconnected requests finish server-side
-        stats = httpx.get(f"{app.base}/pool/stats", timeout=5).json()
+        stats = httpx2.get(f"{app.base}/pool/stats", timeout=5).json()
         # The pool's own 503 count is what the clients saw (no other cause in this run).
         assert stats["unavailable"]["pool_timeout"] == seen[503]
         assert stats["counters"]["requests_errors"] >= seen[503]

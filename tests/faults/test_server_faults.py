@@ -2,7 +2,7 @@
 
 import time
 
-import httpx
+import httpx2
 import pytest
 
 from fastapi_dbpool.testing import DatabaseServer, Observer
@@ -57,23 +57,23 @@ def test_outage_longer_than_reconnect_timeout_heals_without_a_restart(
         controllable_server.stop(mode="immediate")
         for _ in range(3):
             started = time.monotonic()
-            assert httpx.get(f"{app.base}/health/db", timeout=5).status_code == 503
+            assert httpx2.get(f"{app.base}/health/db", timeout=5).status_code == 503
             assert time.monotonic() - started <= 1.0 + EPSILON
         time.sleep(5.0)
         controllable_server.start()
         # No request needed: the pool returns to min_size by itself.
         assert observer.wait_for_count(app.application_name, 2, timeout=5.0) == 2
-        assert httpx.get(f"{app.base}/health/db", timeout=5).status_code == 200
+        assert httpx2.get(f"{app.base}/health/db", timeout=5).status_code == 200
         leak_check(app, observer)
 
 
 def test_busy_backend_killed_answers_503_and_the_pool_heals(
     served: ServeFactory, observer: Observer
 ) -> None:
-    with served() as app, httpx.Client(base_url=app.base, timeout=10) as client:
+    with served() as app, httpx2.Client(base_url=app.base, timeout=10) as client:
         import threading
 
-        result: dict[str, httpx.Response] = {}
+        result: dict[str, httpx2.Response] = {}
         thread = threading.Thread(
             target=lambda: result.update(r=client.get("/sleep", params={"seconds": 5}))
         )
@@ -98,7 +98,7 @@ def test_idle_backends_killed_without_checks_cost_at_most_one_503_each(
     with served(DBPOOL_CHECK="never", DBPOOL_MIN_SIZE="2", DBPOOL_MAX_SIZE="2") as app:
         assert observer.wait_for_count(app.application_name, 2) == 2
         assert observer.terminate(app.application_name, state="idle") == 2
-        statuses = [httpx.get(f"{app.base}/value", timeout=5).status_code for _ in range(6)]
+        statuses = [httpx2.get(f"{app.base}/value", timeout=5).status_code for _ in range(6)]
         assert set(statuses) <= {200, 503}
         assert statuses.count(503) <= 2
         assert statuses[-3:] == [200, 200, 200]
@@ -112,8 +112,8 @@ def test_idle_backends_killed_with_idle_checks_fail_no_request(
         assert observer.wait_for_count(app.application_name, 2) == 2
         time.sleep(0.3)
         assert observer.terminate(app.application_name, state="idle") == 2
-        statuses = [httpx.get(f"{app.base}/value", timeout=10).status_code for _ in range(6)]
+        statuses = [httpx2.get(f"{app.base}/value", timeout=10).status_code for _ in range(6)]
         assert statuses == [200] * 6
-        stats = httpx.get(f"{app.base}/pool/stats", timeout=5).json()
+        stats = httpx2.get(f"{app.base}/pool/stats", timeout=5).json()
         assert stats["counters"]["connections_lost"] >= 2
         leak_check(app, observer)

@@ -5,7 +5,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx2 as httpx
+import httpx2
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -39,7 +39,7 @@ class PeakSampler:
             self.peak = max(self.peak, self._observer.count(self._name))
 
 
-def timed_get(client: TestClient, url: str) -> tuple[httpx.Response, float]:
+def timed_get(client: TestClient, url: str) -> tuple[httpx2.Response, float]:
     started = time.monotonic()
     response = client.get(url)
     return response, time.monotonic() - started

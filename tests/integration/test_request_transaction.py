@@ -147,7 +147,7 @@ def test_a_request_that_raises_keeps_nothing(
     item = new_id()
     response = writes_client.post(f"/{route}/{shape}/{item}", params={"fail": fail})
     assert response.status_code == status
-    assert kept(database_server.url, item, shape) == [False] * len(kept(database_server.url, 0, shape))
+    assert not any(kept(database_server.url, item, shape))
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -189,7 +189,7 @@ def state_app(settings_factory: SettingsFactory) -> FastAPI:
 
     @app.post("/change")
     async def change(conn: ReadConnDep) -> dict[str, int]:
-        conn.row_factory = dict_row  # type: ignore[assignment]
+        conn.row_factory = dict_row
         conn.prepare_threshold = 0
         conn.prepared_max = 7
         conn.adapters.register_loader("text", ShoutingText)

@@ -4,7 +4,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
+import httpx2
 import pytest
 
 from fastapi_dbpool.testing import DatabaseServer, Observer
@@ -26,7 +26,7 @@ def test_sigterm_finishes_in_flight_requests_then_leaves_no_backend(
     with serve_app(APP, env) as app, ThreadPoolExecutor(3) as executor:
         base = app.base
         in_flight = [
-            executor.submit(httpx.get, f"{base}/sleep", params={"seconds": 1.0}, timeout=10)
+            executor.submit(httpx2.get, f"{base}/sleep", params={"seconds": 1.0}, timeout=10)
             for _ in range(3)
         ]
         assert observer.wait_for_count(unique_app_name, 3) >= 3
@@ -50,7 +50,7 @@ def test_commit_is_visible_to_others_before_the_client_sees_the_response(
     env = {"DBPOOL_URL": database_server.url, "DBPOOL_APPLICATION_NAME": unique_app_name}
     with psycopg.connect(database_server.url, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS items (id bigint PRIMARY KEY, note text NOT NULL)")
-        with serve_app(APP, env) as app, httpx.Client(base_url=app.base) as client:
+        with serve_app(APP, env) as app, httpx2.Client(base_url=app.base) as client:
             for item in range(10):
                 item_id = int(time.time_ns() % 2**40) * 100 + item
                 assert client.post(f"/items/{item_id}").status_code == 200

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from fastapi_dbpool.testing import DatabaseServer
+from fastapi_dbpool.testing._pgbouncer import write_pgbouncer_config
 from tests.support import free_port
 
 
@@ -33,26 +34,18 @@ def pgbouncer_url(database_server: DatabaseServer) -> Iterator[str]:
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="pgbouncer-"))
     user = target.username or "app"
-    (workdir / "userlist.txt").write_text(f'"{user}" "{database_server.password}"\n')
-    (workdir / "pgbouncer.ini").write_text(
-        f"""[databases]
-* = host={target.hostname} port={target.port}
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = {workdir / "userlist.txt"}
-pool_mode = transaction
-default_pool_size = 4
-max_client_conn = 500
-ignore_startup_parameters = extra_float_digits
-logfile = {workdir / "pgbouncer.log"}
-pidfile = {workdir / "pgbouncer.pid"}
-"""
+    ini = write_pgbouncer_config(
+        workdir,
+        server_host=target.hostname or "127.0.0.1",
+        server_port=target.port or 5432,
+        listen_port=port,
+        user=user,
+        password=database_server.password,
+        pool_size=4,
+        logfile=workdir / "pgbouncer.log",
+        pidfile=workdir / "pgbouncer.pid",
     )
-    command = [binary, str(workdir / "pgbouncer.ini")]
+    command = [binary, str(ini)]
     kwargs: dict[str, object] = {}
     if os.geteuid() == 0:  # PgBouncer refuses to run as root
         runner = "fastapi_dbpool_pg"

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-import httpx
+import httpx2
 import psycopg
 import pytest
 from fastapi import Depends, FastAPI
@@ -307,8 +307,8 @@ def test_reads_under_load_while_the_replica_stops(pair: Pair) -> None:
 
     async def scenario() -> float:
         done = asyncio.Event()
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://test") as client:
 
             async def loop() -> None:
                 while not done.is_set():
@@ -350,8 +350,8 @@ def test_a_busy_replica_sends_the_overflow_to_the_primary_and_stays_in_service(
     app = build_app(pair, min_size=1, max_size=1)
 
     async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://test") as client:
             slow = asyncio.create_task(client.get("/where/slowly"))
             await asyncio.sleep(0.2)
             overflow = (await client.get("/where")).json()
