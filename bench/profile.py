@@ -27,11 +27,9 @@ MARKERS = (
     ("jsonable_encoder", "fastapi/encoders.py"),
     ("get_conn", "fastapi_dbpool/dependencies.py"),
     ("get_read_conn", "fastapi_dbpool/dependencies.py"),
-    ("_transaction_scoped", "fastapi_dbpool/dependencies.py"),
-    ("_read_scoped", "fastapi_dbpool/dependencies.py"),
-    ("_transaction", "fastapi_dbpool/session.py"),
-    ("_autocommit", "fastapi_dbpool/session.py"),
-    ("read", "fastapi_dbpool/pools.py"),
+    ("__aenter__", "fastapi_dbpool/session.py"),
+    ("__aexit__", "fastapi_dbpool/session.py"),
+    ("__aenter__", "fastapi_dbpool/pools.py"),
     ("lend", "fastapi_dbpool/session.py"),
     ("_leave", "fastapi_dbpool/session.py"),
     ("_commit", "fastapi_dbpool/session.py"),
@@ -88,7 +86,8 @@ def summarize(stacks: Path) -> str:
         for frame in frames:
             for name, where in MARKERS:
                 label = f"{name} ({where})"
-                if frame.startswith(name + " (") and where in frame and label not in seen:
+                function = frame.split(" (", 1)[0].rsplit(".", 1)[-1]  # Class.method -> method
+                if function == name and where in frame and label not in seen:
                     seen.add(label)
                     marked[label] += count
     lines = [f"samples: {total}", "", "self time by package:"]

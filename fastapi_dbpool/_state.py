@@ -23,7 +23,8 @@ NO_POOL = (
 
 def _from_state(request: HTTPConnection, key: str) -> Any:
     """What the lifespan put under key: in the request's state, else the app's."""
-    value = getattr(request.state, key, None)
+    state = request.scope.get("state")  # the lifespan state, read without making a State
+    value = state.get(key) if state else None
     return value if value is not None else getattr(request.app.state, key, None)
 
 

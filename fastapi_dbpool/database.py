@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from fastapi_dbpool import startup
 from fastapi_dbpool._redact import describe_conninfo, mask_conninfo, redact
+from fastapi_dbpool.connection import PooledConnection
 from fastapi_dbpool.errors import UNAVAILABLE_REASONS, UnavailableReason
 from fastapi_dbpool.healing import Healer
 from fastapi_dbpool.restore import Baseline
@@ -70,6 +71,7 @@ class DatabasePool:
             num_workers=settings.num_workers,
             name=settings.name,
             open=False,
+            connection_class=PooledConnection,
             configure=self._configure,
             # No reset callback by default: with one, psycopg-pool returns every connection
             # through a worker task (about 10 us more per checkout, measured); release()

@@ -1,17 +1,21 @@
 """The FastAPI dependencies: get_conn, get_read_conn, get_conn_for, get_stream_conn, get_pool,
 get_database, and their Annotated aliases.
 
-Each one finds the pool the lifespan opened and hands the request to the session
-(``session.transaction`` / ``Databases.read``); nothing else happens here.
+Each one finds the pool the lifespan opened and hands the request to a session
+(``session.transaction``, ``session.autocommit``, ``Databases.read``); nothing else happens
+here.
 
-Why two levels: FastAPI runs the exit of a plain ``yield`` dependency after the response is
-sent, and of a ``scope="function"`` one before it. get_conn is a coroutine depending on a
-function-scoped generator, so a plain ``Depends(get_conn)`` commits before the response; the
-aliases point at get_conn itself, so ``app.dependency_overrides[get_conn]`` replaces them too.
+When the session ends: FastAPI runs the exit of a plain ``yield`` dependency after the
+response is sent. get_conn is a plain coroutine that enters its session on the exit stack
+FastAPI closes before the response (the one of ``Depends(scope="function")``), so even a plain
+``Depends(get_conn)`` commits before the response. One dependency level, not two (measured:
+a level costs about 5 % of a one-query request), and the aliases are get_conn itself, so
+``app.dependency_overrides[get_conn]`` replaces them too.
 """
 
 import functools
 from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Annotated, Any
 
 from fastapi import Depends
@@ -28,6 +32,12 @@ Conn = AsyncConnection[Any]
 
 # The request's connections by pool, shared by its dependencies (one connection per pool).
 _LEASES = "fastapi_dbpool.leases"
+# FastAPI's exit stack of scope="function" dependencies, in the request scope (0.121 and later).
+_FUNCTION_STACK = "fastapi_function_astack"
+_NOT_IN_FASTAPI = (
+    "this dependency needs FastAPI's function-scoped exit stack (FastAPI 0.121 or later, in "
+    "a route); outside a route, use fastapi_dbpool.session.transaction(database) instead"
+)
 
 # The dependencies are coroutines on purpose: FastAPI runs a plain `def` dependency in a
 # worker thread, which cost about 60 us per request here (measured in-process).
@@ -56,21 +66,15 @@ def _leases(request: HTTPConnection) -> Leases:
     return leases
 
 
-async def _transaction_scoped(request: HTTPConnection) -> AsyncIterator[Conn]:
-    async with transaction(database_of(request), request.scope, leases=_leases(request)) as conn:
-        yield conn
+def _before_response(request: HTTPConnection) -> AsyncExitStack:
+    """The exit stack FastAPI closes when the endpoint has returned, before the response."""
+    stack = request.scope.get(_FUNCTION_STACK)
+    if not isinstance(stack, AsyncExitStack):
+        raise RuntimeError(_NOT_IN_FASTAPI)
+    return stack
 
 
-async def _read_scoped(request: HTTPConnection) -> AsyncIterator[Conn]:
-    databases = databases_of(request)
-    primary = bool(databases.replicas) and _writes_to_default(request, databases)
-    async with databases.read(request.scope, _leases(request), primary) as conn:
-        yield conn
-
-
-async def get_conn(
-    conn: Annotated[Conn, Depends(_transaction_scoped, scope="function")],
-) -> Conn:
+async def get_conn(request: HTTPConnection) -> Conn:
     """A pooled connection in a transaction, committed before the response is sent.
 
     The transaction commits when the endpoint returns and rolls back when it raises, whatever
@@ -79,12 +83,11 @@ async def get_conn(
     slow clients hold no connection. Pool timeouts, a full queue and lost connections answer
     503 with Retry-After. Every dependency of one request on one pool shares one connection.
     """
-    return conn
+    session = transaction(database_of(request), request.scope, leases=_leases(request))
+    return await _before_response(request).enter_async_context(session)
 
 
-async def get_read_conn(
-    conn: Annotated[Conn, Depends(_read_scoped, scope="function")],
-) -> Conn:
+async def get_read_conn(request: HTTPConnection) -> Conn:
     """A pooled connection in autocommit, for reads: one round trip per query, no BEGIN/COMMIT.
 
     From a replica when the app has some (DBPOOL_<NAME>_REPLICA=true), the least busy first;
@@ -92,7 +95,14 @@ async def get_read_conn(
     request that also uses get_conn, the same connection as get_conn, in its transaction (so
     the read sees the request's writes, and the request holds one connection, not two).
     """
-    return conn
+    databases = databases_of(request)
+    leases = _leases(request)
+    session: AbstractAsyncContextManager[Conn]
+    if databases.replicas:
+        session = databases.read(request.scope, leases, _writes_to_default(request, databases))
+    else:  # the common case: no routing to do
+        session = autocommit(databases.default, request.scope, leases=leases)
+    return await _before_response(request).enter_async_context(session)
 
 
 ConnDependency = Callable[..., Coroutine[Any, Any, Conn]]
@@ -112,12 +122,9 @@ def get_conn_for(name: str, *, read: bool = False) -> ConnDependency:
 def _conn_dependency(name: str, read: bool) -> ConnDependency:
     enter = autocommit if read else transaction
 
-    async def scoped(request: HTTPConnection) -> AsyncIterator[Conn]:
-        async with enter(named_pool(request, name), request.scope, leases=_leases(request)) as c:
-            yield c
-
-    async def dependency(conn: Annotated[Conn, Depends(scoped, scope="function")]) -> Conn:
-        return conn
+    async def dependency(request: HTTPConnection) -> Conn:
+        session = enter(named_pool(request, name), request.scope, leases=_leases(request))
+        return await _before_response(request).enter_async_context(session)
 
     dependency.__name__ = dependency.__qualname__ = f"get_conn_for_{name}"
     return dependency
@@ -157,7 +164,7 @@ def _writes_to_default(request: HTTPConnection, databases: Databases) -> bool:
     key = id(route)
     known = cache.get(key)
     if known is None or known[0] is not route:
-        known = cache[key] = (route, _depends_on(dependant, _transaction_scoped))
+        known = cache[key] = (route, _depends_on(dependant, get_conn))
     return known[1]
 
 

@@ -1,11 +1,18 @@
 """Pool and connection errors turned into HTTP answers, in one place."""
 
-from typing import Literal
+import logging
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import psycopg
 from fastapi import HTTPException
+from psycopg import AsyncConnection
 from psycopg import errors as pg_errors
 from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
+
+if TYPE_CHECKING:
+    from fastapi_dbpool.database import DatabasePool
+
+logger = logging.getLogger("fastapi_dbpool")
 
 UnavailableReason = Literal["pool_timeout", "queue_full", "pool_closed", "connection_lost"]
 
@@ -77,3 +84,52 @@ def unavailable_reason(
     if isinstance(exc, psycopg.OperationalError) and (conn is None or conn.broken or conn.closed):
         return "connection_lost"
     return None
+
+
+_FORBIDDEN = ("forbidden within a Transaction context", "inside get_conn's request transaction")
+
+
+def answer_for(database: "DatabasePool", exc: BaseException, conn: AsyncConnection[Any]) -> None:
+    """Raise the HTTP answer for exc if it is a pool or connection error of this session."""
+    if not isinstance(exc, Exception) or isinstance(exc, HTTPException):
+        return
+    if isinstance(exc, psycopg.ProgrammingError) and any(text in str(exc) for text in _FORBIDDEN):
+        logger.warning(
+            "the endpoint called conn.commit() or conn.rollback() on a get_conn connection: "
+            "the request's transaction commits when the endpoint returns and rolls back when "
+            "it raises; use conn.transaction() for a savepoint, or get_pool to manage "
+            "transactions yourself (answering 500, rolled back)"
+        )
+        return
+    # A lost connection is answered only by the session it belongs to (an endpoint with
+    # connections from several pools sees every session's errors).
+    if unavailable_reason(exc, conn) == "connection_lost" and not (conn.broken or conn.closed):
+        return
+    translated = translate(database, exc, conn)
+    if translated is not exc:
+        raise translated from exc
+
+
+def reraise(
+    database: "DatabasePool", exc: Exception, conn: AsyncConnection[Any] | None
+) -> NoReturn:
+    translated = translate(database, exc, conn)
+    if translated is exc:
+        raise exc
+    raise translated from exc
+
+
+def translate(
+    database: "DatabasePool", exc: Exception, conn: AsyncConnection[Any] | None
+) -> Exception:
+    """The HTTP answer for a pool or connection error; other errors pass unchanged."""
+    if isinstance(exc, pg_errors.QueryCanceled):
+        return QueryTimeout()
+    reason = unavailable_reason(exc, conn)
+    if reason is None:
+        return exc
+    database.count_unavailable(reason)
+    logger.warning(
+        "answering 503 (%s): %s", reason, database.redact(f"{type(exc).__name__}: {exc}")
+    )
+    return DatabaseUnavailable(reason, database.settings.retry_after)

@@ -2,8 +2,7 @@
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -11,7 +10,7 @@ from psycopg import AsyncConnection
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.errors import unavailable_reason
 from fastapi_dbpool.health import connect_failing, mark_down
-from fastapi_dbpool.session import Lease, Leases, autocommit, lend
+from fastapi_dbpool.session import Autocommit, Lease, Leases, lend
 from fastapi_dbpool.settings import PoolSettings, SettingsError
 from fastapi_dbpool.summary import connections_in_use
 
@@ -93,30 +92,16 @@ class Databases:
             serving.sort(key=_busy)  # stable: the turn breaks ties
         return serving
 
-    @asynccontextmanager
-    async def read(
+    def read(
         self, route: object = "", leases: Leases | None = None, primary: bool = False
-    ) -> AsyncIterator[AsyncConnection[Any]]:
+    ) -> "Read":
         """A connection for reads, in autocommit: from the least busy replica that lends one
         within its DBPOOL_<NAME>_FALLBACK_TIMEOUT, else from the default pool.
 
         The default pool when the app has no replica, when the request already holds a
         connection of the default pool, or with primary (the route writes there too): one
         connection per request, and reads that see the request's own writes."""
-        default = self.default
-        if not self.replicas or primary or (leases is not None and default in leases):
-            async with autocommit(default, route, leases=leases) as conn:
-                yield conn
-            return
-        for replica in self.read_order():
-            lease = await _try_lend(replica, route, leases)
-            if lease is None:
-                continue  # the next replica, then the default pool
-            async with autocommit(replica, route, lease=lease) as conn:
-                yield conn
-            return
-        async with autocommit(default, route, leases=leases) as conn:
-            yield conn
+        return Read(self, route, leases, primary)
 
     async def open(self) -> None:
         """Open every pool at once; if a required one fails, close the others and raise."""
@@ -146,6 +131,40 @@ class Databases:
                     pool.settings.name,
                     pool.redact(str(result)),
                 )
+
+
+class Read:
+    """The session of Databases.read(): picks the pool, then is an Autocommit session on it."""
+
+    __slots__ = ("_databases", "_leases", "_primary", "_route", "_session")
+
+    def __init__(
+        self, databases: Databases, route: object, leases: Leases | None, primary: bool
+    ) -> None:
+        self._databases = databases
+        self._route = route
+        self._leases = leases
+        self._primary = primary
+        self._session: Autocommit | None = None
+
+    async def __aenter__(self) -> AsyncConnection[Any]:
+        databases, route, leases = self._databases, self._route, self._leases
+        default = databases.default
+        if databases.replicas and not self._primary and (leases is None or default not in leases):
+            for replica in databases.read_order():
+                lease = await _try_lend(replica, route, leases)
+                if lease is not None:
+                    self._session = Autocommit(replica, route, None, None, lease)
+                    return await self._session.__aenter__()
+                # else: the next replica, then the default pool
+        self._session = Autocommit(default, route, None, leases)
+        return await self._session.__aenter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        assert self._session is not None, "exit without enter"
+        await self._session.__aexit__(exc_type, exc, tb)
 
 
 def _busy(database: DatabasePool) -> int:

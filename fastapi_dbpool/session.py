@@ -12,23 +12,17 @@ error passes unchanged, after the rollback. This module knows nothing of replica
 """
 
 import logging
-from collections.abc import AsyncIterator, MutableMapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, NoReturn
+from collections.abc import MutableMapping
+from typing import Any
 
 import psycopg
-from fastapi import HTTPException
+from anyio import CancelScope
 from psycopg import AsyncConnection, AsyncTransaction
-from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 
+from fastapi_dbpool.connection import PooledConnection
 from fastapi_dbpool.database import DatabasePool
-from fastapi_dbpool.errors import (
-    CommitFailed,
-    DatabaseUnavailable,
-    QueryTimeout,
-    unavailable_reason,
-)
+from fastapi_dbpool.errors import CommitFailed, answer_for, reraise, translate
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -41,7 +35,7 @@ _OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 class Lease:
     """One connection lent by one pool to one request, shared by the request's sessions."""
 
-    __slots__ = ("conn", "database", "leases", "token", "transaction", "users")
+    __slots__ = ("conn", "database", "leases", "outer", "token", "transactional", "users")
 
     def __init__(
         self,
@@ -55,7 +49,14 @@ class Lease:
         self.token = token
         self.leases = leases
         self.users = 0
-        self.transaction: AsyncTransaction | None = None  # the request's, once one began
+        self.transactional = False  # a transaction() session of the request holds it
+        self.outer: AsyncTransaction | None = None  # the request's, when begun explicitly
+
+    async def begin(self) -> None:
+        """Begin the request's transaction now (a conn.transaction() block comes first)."""
+        tx = AsyncTransaction(self.conn)
+        await tx.__aenter__()
+        self.outer = tx
 
 
 Leases = MutableMapping[DatabasePool, Lease]
@@ -64,7 +65,7 @@ Leases = MutableMapping[DatabasePool, Lease]
 async def lend(
     database: DatabasePool,
     route: object = "",
-    timeout: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 - psycopg-pool's getconn timeout
     leases: Leases | None = None,
 ) -> Lease:
     """The request's connection of this pool: the one it holds already, else a new checkout.
@@ -85,14 +86,14 @@ async def lend(
 async def lend_or_answer(
     database: DatabasePool,
     route: object = "",
-    timeout: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 - psycopg-pool's getconn timeout
     leases: Leases | None = None,
 ) -> Lease:
     """lend(), with a pool that cannot lend in time answered 503."""
     try:
         return await lend(database, route, timeout, leases)
     except Exception as exc:
-        _reraise(database, exc, None)
+        reraise(database, exc, None)
 
 
 def transaction(
@@ -101,14 +102,14 @@ def transaction(
     timeout: float | None = None,
     *,
     leases: Leases | None = None,
-) -> AbstractAsyncContextManager[Conn]:
+) -> "Transaction":
     """A pooled connection in a transaction: commit when the block ends, roll back if it raises.
 
     For lifespans and background work too: ``async with transaction(app.state.dbpool) as
-    conn``. Explicit ``conn.commit()``/``rollback()`` inside are refused by psycopg (the
-    block owns the transaction); ``conn.transaction()`` inside is a savepoint.
+    conn``. ``conn.transaction()`` inside is a savepoint of it, even as the first statement;
+    ``conn.commit()`` and ``conn.rollback()`` inside are refused.
     """
-    return _transaction(database, route, timeout, leases, None)
+    return Transaction(database, route, timeout, leases)
 
 
 def autocommit(
@@ -118,77 +119,125 @@ def autocommit(
     *,
     leases: Leases | None = None,
     lease: Lease | None = None,
-) -> AbstractAsyncContextManager[Conn]:
+) -> "Autocommit":
     """A pooled connection in autocommit, for reads: each statement commits on its own.
 
     Inside a request that already holds a transaction on this pool, the same connection, in
     that transaction (reads see the request's own writes). lease: one lend() already got.
     """
-    return _autocommit(database, route, timeout, leases, lease)
+    return Autocommit(database, route, timeout, leases, lease)
 
 
-@asynccontextmanager
-async def _transaction(
-    database: DatabasePool,
-    route: object,
-    timeout: float | None,
-    leases: Leases | None,
-    lease: Lease | None,
-) -> AsyncIterator[Conn]:
-    if lease is None:
-        lease = await lend_or_answer(database, route, timeout, leases)
-    lease.users += 1
-    conn = lease.conn
-    try:
-        if lease.transaction is not None:  # another session of this request runs it
-            yield conn
-            return
-        tx = AsyncTransaction(conn)
+class _Session:
+    """One use of a lease: entered as an async context manager, its exit shielded from
+    cancellation (a cancelled request still rolls back and gives its connection back)."""
+
+    __slots__ = ("database", "lease", "leases", "route", "timeout")
+
+    def __init__(
+        self,
+        database: DatabasePool,
+        route: object,
+        timeout: float | None,
+        leases: Leases | None,
+        lease: Lease | None = None,
+    ) -> None:
+        self.database = database
+        self.route = route
+        self.timeout = timeout
+        self.leases = leases
+        self.lease = lease
+
+    async def _join(self) -> Lease:
+        lease = self.lease
+        if lease is None:
+            lease = self.lease = await lend_or_answer(
+                self.database, self.route, self.timeout, self.leases
+            )
+        lease.users += 1
+        return lease
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        lease = self.lease
+        assert lease is not None, "exit without enter"
+        with CancelScope(shield=True):
+            try:
+                await self._end(lease, exc)
+            finally:
+                await _leave(lease)
+
+    async def _end(self, lease: Lease, exc: BaseException | None) -> None:
+        raise NotImplementedError
+
+
+class Transaction(_Session):
+    """The session of transaction(): it owns the request's transaction unless another
+    session of the request already does."""
+
+    __slots__ = ("joined",)
+
+    async def __aenter__(self) -> Conn:
+        lease = await self._join()
+        conn = lease.conn
+        self.joined = lease.transactional  # another session of this request runs it
+        if self.joined:
+            return conn
         try:
-            await tx.__aenter__()  # BEGIN now: a conn.transaction() block is a savepoint
-        except Exception as exc:
-            _reraise(database, exc, conn)
-        lease.transaction = tx
-        try:
-            yield conn
+            if conn.autocommit:  # a read session of this request lent it first
+                await conn.set_autocommit(False)
+            if isinstance(conn, PooledConnection):
+                conn.owner = lease  # BEGIN comes with the first statement, or the first block
+            else:
+                await lease.begin()  # a plain AsyncConnection cannot defer it: BEGIN now
         except BaseException as exc:
-            lease.transaction = None
-            await _rollback(tx, exc)
-            _answer_for(database, exc, conn)
+            with CancelScope(shield=True):
+                await _leave(lease)
+            if isinstance(exc, Exception):
+                reraise(self.database, exc, conn)
             raise
-        lease.transaction = None
-        await _commit(database, conn, tx)
-    finally:
-        await _leave(lease)
+        lease.transactional = True
+        return conn
+
+    async def _end(self, lease: Lease, exc: BaseException | None) -> None:
+        if self.joined:
+            return
+        _disown(lease)
+        if exc is not None:
+            await _rollback(lease, exc)
+            answer_for(self.database, exc, lease.conn)
+            return
+        await _commit(self.database, lease)
 
 
-@asynccontextmanager
-async def _autocommit(
-    database: DatabasePool,
-    route: object,
-    timeout: float | None,
-    leases: Leases | None,
-    lease: Lease | None,
-) -> AsyncIterator[Conn]:
-    if lease is None:
-        lease = await lend_or_answer(database, route, timeout, leases)
-    lease.users += 1
-    conn = lease.conn
-    try:
-        owns = lease.transaction is None and lease.users == 1
-        if owns and not conn.autocommit:
+class Autocommit(_Session):
+    """The session of autocommit(): reads, on the request's connection of the pool."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> Conn:
+        lease = await self._join()
+        conn = lease.conn
+        if lease.users == 1 and not lease.transactional and not conn.autocommit:
             try:
                 await conn.set_autocommit(True)
-            except Exception as exc:
-                _reraise(database, exc, conn)
-        try:
-            yield conn
-        except BaseException as exc:
-            if lease.transaction is None:
+            except BaseException as exc:
+                with CancelScope(shield=True):
+                    await _leave(lease)
+                if isinstance(exc, Exception):
+                    reraise(self.database, exc, conn)
+                raise
+        return conn
+
+    async def _end(self, lease: Lease, exc: BaseException | None) -> None:
+        conn = lease.conn
+        if exc is not None:
+            if not lease.transactional:
                 await _rollback_quietly(conn)
-            _answer_for(database, exc, conn)
-            raise
-        if lease.transaction is None and conn.pgconn.transaction_status in _OPEN:
+            answer_for(self.database, exc, conn)
+            return
+        if not lease.transactional and conn.pgconn.transaction_status in _OPEN:
             # An explicit BEGIN on an autocommit connection, never committed: its writes would
             # vanish with a 200. Roll back and say so.
             logger.warning(
@@ -197,8 +246,13 @@ async def _autocommit(
             )
             await _rollback_quietly(conn)
             raise CommitFailed()
-    finally:
-        await _leave(lease)
+
+
+def _disown(lease: Lease) -> None:
+    lease.transactional = False
+    conn = lease.conn
+    if isinstance(conn, PooledConnection):
+        conn.owner = None
 
 
 async def _leave(lease: Lease) -> None:
@@ -218,26 +272,31 @@ async def _leave(lease: Lease) -> None:
         await lease.database.release(conn, lease.token)
 
 
-async def _commit(database: DatabasePool, conn: Conn, tx: AsyncTransaction) -> None:
-    if conn.pgconn.transaction_status == _INERROR:
+async def _commit(database: DatabasePool, lease: Lease) -> None:
+    conn = lease.conn
+    if conn.broken or conn.closed:
+        # Lost under an endpoint that swallowed the error: nothing was committed. 503, not 200.
+        lost = psycopg.OperationalError("the connection was lost before the commit")
+        await _rollback(lease, lost)
+        reraise(database, lost, conn)
+    status = conn.pgconn.transaction_status
+    if status == _INERROR:
         # COMMIT of an aborted transaction silently rolls back: never answer 200 then.
         logger.warning(
             "the endpoint returned after an SQL error it caught, so nothing could be "
             "committed; answering 500 (use a savepoint, conn.transaction(), to recover)"
         )
         failed = CommitFailed()
-        await _rollback(tx, failed)
+        await _rollback(lease, failed)
         raise failed
-    if conn.broken or conn.closed:
-        # Lost under an endpoint that swallowed the error: psycopg's block would end quietly,
-        # but nothing was committed. Answer 503, never 200.
-        lost = psycopg.OperationalError("the connection was lost before the commit")
-        await _rollback(tx, lost)
-        _reraise(database, lost, conn)
+    tx, lease.outer = lease.outer, None
     try:  # also when the connection is still busy (commit waits for its lock)
-        await tx.__aexit__(None, None, None)
+        if tx is not None:
+            await tx.__aexit__(None, None, None)
+        elif status != _IDLE:  # IDLE: no statement ran, nothing to commit
+            await conn.commit()
     except psycopg.Error as exc:
-        translated = _translate(database, exc, conn)
+        translated = translate(database, exc, conn)
         if translated is exc:
             logger.warning(
                 "commit failed (%s, SQLSTATE %s); answering 500", type(exc).__name__, exc.sqlstate
@@ -246,8 +305,12 @@ async def _commit(database: DatabasePool, conn: Conn, tx: AsyncTransaction) -> N
         raise translated from exc
 
 
-async def _rollback(tx: AsyncTransaction, exc: BaseException) -> None:
-    """Leave the request's transaction block with exc: psycopg rolls it back."""
+async def _rollback(lease: Lease, exc: BaseException) -> None:
+    """End the request's transaction because of exc: roll it back."""
+    tx, lease.outer = lease.outer, None
+    if tx is None:
+        await _rollback_quietly(lease.conn)
+        return
     try:
         await tx.__aexit__(type(exc), exc, exc.__traceback__)
     except Exception as error:  # the error that got us here matters more
@@ -262,48 +325,3 @@ async def _rollback_quietly(conn: Conn) -> None:
         await conn.rollback()
     except Exception as exc:  # the error that got us here matters more
         logger.warning("rollback failed: %s: %s", type(exc).__name__, exc)
-
-
-_FORBIDDEN = "forbidden within a Transaction context"
-
-
-def _answer_for(database: DatabasePool, exc: BaseException, conn: Conn) -> None:
-    """Raise the HTTP answer for exc if it is a pool or connection error of this session."""
-    if not isinstance(exc, Exception) or isinstance(exc, HTTPException):
-        return
-    if isinstance(exc, psycopg.ProgrammingError) and _FORBIDDEN in str(exc):
-        logger.warning(
-            "the endpoint called conn.commit() or conn.rollback() on a get_conn connection: "
-            "the request's transaction commits when the endpoint returns and rolls back when "
-            "it raises; use conn.transaction() for a savepoint, or get_pool to manage "
-            "transactions yourself (answering 500, rolled back)"
-        )
-        return
-    # A lost connection is answered only by the session it belongs to (an endpoint with
-    # connections from several pools sees every session's errors).
-    if unavailable_reason(exc, conn) == "connection_lost" and not (conn.broken or conn.closed):
-        return
-    translated = _translate(database, exc, conn)
-    if translated is not exc:
-        raise translated from exc
-
-
-def _reraise(database: DatabasePool, exc: Exception, conn: Conn | None) -> NoReturn:
-    translated = _translate(database, exc, conn)
-    if translated is exc:
-        raise exc
-    raise translated from exc
-
-
-def _translate(database: DatabasePool, exc: Exception, conn: Conn | None) -> Exception:
-    """The HTTP answer for a pool or connection error; other errors pass unchanged."""
-    if isinstance(exc, pg_errors.QueryCanceled):
-        return QueryTimeout()
-    reason = unavailable_reason(exc, conn)
-    if reason is None:
-        return exc
-    database.count_unavailable(reason)
-    logger.warning(
-        "answering 503 (%s): %s", reason, database.redact(f"{type(exc).__name__}: {exc}")
-    )
-    return DatabaseUnavailable(reason, database.settings.retry_after)
