@@ -4,13 +4,12 @@ The lifespan writes these keys (into the lifespan state and ``app.state``); the 
 and the router read them. Neither imports the other.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import HTTPConnection
 
-if TYPE_CHECKING:
-    from fastapi_dbpool.database import DatabasePool
-    from fastapi_dbpool.pools import Databases
+from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.pools import Databases
 
 STATE_KEY = "dbpool"  # the default DatabasePool
 POOLS_KEY = "dbpools"  # every pool, as Databases
@@ -28,27 +27,23 @@ def _from_state(request: HTTPConnection, key: str) -> Any:
     return value if value is not None else getattr(request.app.state, key, None)
 
 
-def database_of(request: HTTPConnection) -> "DatabasePool":
+def database_of(request: HTTPConnection) -> DatabasePool:
     """The app's default pool; a clear error when the app has no pool lifespan."""
-    from fastapi_dbpool.database import DatabasePool
-
     database = _from_state(request, STATE_KEY)
     if not isinstance(database, DatabasePool):
         raise RuntimeError(NO_POOL)
     return database
 
 
-def databases_of(request: HTTPConnection) -> "Databases":
+def databases_of(request: HTTPConnection) -> Databases:
     """Every pool of the app, by name (a DatabasePool put on the state by hand: a set of one)."""
     databases = _from_state(request, POOLS_KEY)
     if databases is None:
-        from fastapi_dbpool.pools import Databases
-
         return Databases([database_of(request)])
     return databases  # type: ignore[no-any-return]
 
 
-def named_pool(request: HTTPConnection, name: str) -> "DatabasePool":
+def named_pool(request: HTTPConnection, name: str) -> DatabasePool:
     """The pool called name, or an error naming the pools the app has."""
     try:
         return databases_of(request).get(name)
