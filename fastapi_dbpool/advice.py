@@ -1,9 +1,11 @@
 """A sizing verdict from what the pool has observed since it opened (the tutorial's FAQ)."""
 
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from fastapi_dbpool.settings import env_var
 from fastapi_dbpool.timings import Timings
 
 Verdict = Literal["ok", "saturated", "over-provisioned"]
@@ -17,7 +19,15 @@ class Advice(BaseModel):
     figures: dict[str, float] = Field(default_factory=dict)
 
 
-def advise(*, min_size: int, max_size: int, timings: Timings, shed: int, timeout: float) -> Advice:
+def advise(
+    *,
+    min_size: int,
+    max_size: int,
+    timings: Timings,
+    shed: int,
+    timeout: float,
+    variable: Callable[[str], str] = env_var,
+) -> Advice:
     """saturated: requests were shed (503), or every connection was lent while the p95 wait
     for one exceeded a tenth of DBPOOL_TIMEOUT (a brief wait while the pool grows is not);
     over-provisioned: never more than min_size connections in use although max_size allows
@@ -36,8 +46,8 @@ def advise(*, min_size: int, max_size: int, timings: Timings, shed: int, timeout
             verdict="saturated",
             message=(
                 f"saturated: every connection was in use while requests waited"
-                f"{f' and {shed} were answered 503' if shed else ''}; raise DBPOOL_MAX_SIZE if "
-                "the database has CPU to spare, or add replicas"
+                f"{f' and {shed} were answered 503' if shed else ''}; raise "
+                f"{variable('max_size')} if the database has CPU to spare, or add replicas"
             ),
             figures=figures,
         )
@@ -46,8 +56,8 @@ def advise(*, min_size: int, max_size: int, timings: Timings, shed: int, timeout
             verdict="over-provisioned",
             message=(
                 f"over-provisioned: never more than {timings.max_in_use} connection(s) in use, "
-                f"so the connections above DBPOOL_MIN_SIZE ({min_size}) were never used; lower "
-                "DBPOOL_MAX_SIZE to leave the database room for other clients"
+                f"so the connections above {variable('min_size')} ({min_size}) were never used; "
+                f"lower {variable('max_size')} to leave the database room for other clients"
             ),
             figures=figures,
         )

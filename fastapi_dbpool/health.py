@@ -60,7 +60,8 @@ async def ping(database: "DatabasePool") -> HealthReason | None:
 
 async def _select_one(database: "DatabasePool", timeout: float) -> None:
     """One round trip: SELECT 1 in autocommit, no BEGIN/COMMIT around it."""
-    conn, token = await database.acquire("GET /health/db", timeout)
+    # The wait for a connection ends first, so a busy pool answers pool_timeout, not timeout.
+    conn, token = await database.acquire("GET /health/db", timeout * 0.9)
     try:
         await conn.set_autocommit(True)
         await conn.execute("SELECT 1")

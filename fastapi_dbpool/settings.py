@@ -18,6 +18,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from fastapi_dbpool import _url
 from fastapi_dbpool._redact import passwords_in, redact
 
 ENV_PREFIX = "DBPOOL_"
@@ -271,15 +272,24 @@ class PoolSettings(BaseSettings):
         conninfo = value.get_secret_value()
         if not conninfo.strip():
             raise ValueError("is empty")
+        normalized, _ = _url.normalize(conninfo)
+        shape = _url.problem(normalized) or _url.ssl_problem(normalized)
+        if shape is not None:
+            raise ValueError(f"is not a valid PostgreSQL connection string: {shape}")
         try:
-            conninfo_to_dict(conninfo)
+            params = conninfo_to_dict(normalized)
         except psycopg.Error as exc:
-            reason = redact(str(exc).strip(), passwords_in(conninfo))
+            reason = redact(_url.masked(str(exc).strip(), conninfo), passwords_in(conninfo))
             raise ValueError(
                 f"is not a valid PostgreSQL connection string ({reason}); use "
-                "postgresql://user:password@host:5432/dbname and percent-encode special "
-                "characters in the password (@ as %40, : as %3A, % as %25)"
+                f"postgresql://user:password@host:5432/dbname and {_url.ENCODE_HINT}"
             ) from None
+        ports = [port.strip() for port in str(params.get("port") or "").split(",")]
+        if not all(port.isdigit() for port in ports if port):
+            raise ValueError(
+                "is not a valid PostgreSQL connection string: its port is not a number, "
+                f"which happens when the password holds an unencoded / or :; {_url.ENCODE_HINT}"
+            )
         return value
 
     @model_validator(mode="after")
@@ -313,12 +323,19 @@ class PoolSettings(BaseSettings):
         return self
 
     def conninfo(self) -> str:
-        """The connection string, secret included: for psycopg only, never for output."""
-        return self.url.get_secret_value()
+        """The connection string, secret included: for psycopg only, never for output.
+
+        SQLAlchemy's driver suffix (postgresql+asyncpg://) is dropped, asyncpg's ssl= is
+        spelled sslmode=."""
+        return _url.normalize(self.url.get_secret_value())[0]
+
+    def url_driver(self) -> str | None:
+        """The driver suffix the URL came with (asyncpg for postgresql+asyncpg://), if any."""
+        return _url.normalize(self.url.get_secret_value())[1]
 
     def secrets(self) -> set[str]:
         """Every secret these settings hold, in the forms a message could show it."""
-        found = passwords_in(self.conninfo())
+        found = passwords_in(self.url.get_secret_value()) | passwords_in(self.conninfo())
         if self.password is not None:
             found.add(self.password.get_secret_value())
         return found

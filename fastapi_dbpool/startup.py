@@ -29,6 +29,16 @@ async def open_pool(database: "DatabasePool") -> None:
     not required (then start degraded and connect when the database comes up)."""
     settings = database.settings
     strict = settings.fail_fast and settings.is_required
+    driver = settings.url_driver()
+    if driver is not None:
+        logger.info(
+            "pool %r: %s names the driver %s (SQLAlchemy's postgresql+%s://); psycopg connects "
+            "with postgresql://",
+            settings.name,
+            settings.env_var("url"),
+            driver,
+            driver,
+        )
     try:
         await _probe(database)
     except PoolStartupError as exc:

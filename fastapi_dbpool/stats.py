@@ -134,6 +134,7 @@ def snapshot(database: DatabasePool) -> PoolStats:
             timings=timings,
             shed=database.unavailable["pool_timeout"] + database.unavailable["queue_full"],
             timeout=database.settings.timeout,
+            variable=database.settings.env_var,
         )
     return PoolStats(
         name=database.settings.name,

@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
+from fastapi_dbpool import PoolSettings, create_pool_lifespan
 from fastapi_dbpool.dependencies import get_database
 from fastapi_dbpool.errors import PoolStartupError
 from fastapi_dbpool.testing import DatabaseServer, Observer
@@ -168,3 +169,16 @@ def test_connections_carry_keepalive_and_tcp_user_timeout(make_settings: Setting
     assert params_seen["keepalives_idle"] == "12"
     assert params_seen["keepalives_interval"] == "4"
     assert params_seen["tcp_user_timeout"] == "7500"
+
+
+def test_a_named_pools_startup_error_names_its_own_variable(
+    make_settings: SettingsFactory, database_server: DatabaseServer
+) -> None:
+    url = urlunsplit(urlsplit(database_server.url)._replace(path="/no_such_db"))
+    analytics = PoolSettings.for_pool("analytics", url=url, connect_timeout=2)
+    app = FastAPI(lifespan=create_pool_lifespan(make_settings(), pools={"analytics": analytics}))
+    with pytest.raises(PoolStartupError) as caught, TestClient(app):
+        pass
+    message = str(caught.value)
+    assert "fix its name in DBPOOL_ANALYTICS_URL" in message
+    assert "DBPOOL_URL" not in message

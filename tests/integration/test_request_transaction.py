@@ -361,3 +361,35 @@ def test_overriding_get_conn_and_get_read_conn_replaces_their_aliases(
     assert client.get("/plain").json() == "override-write"
     assert client.get("/read-alias").json() == "override-read"
     assert client.get("/named").json() == "override-other"
+
+
+# --- session-level SETs: kept by default, reset with DBPOOL_RESET_SESSION ----------------------
+
+
+def set_app(settings_factory: SettingsFactory, **overrides: Any) -> FastAPI:
+    settings = settings_factory(min_size=1, max_size=1, **overrides)
+    app = FastAPI(lifespan=create_pool_lifespan(settings))
+
+    @app.post("/set")
+    async def set_timeout(conn: ConnDep) -> int:
+        await conn.execute("SET statement_timeout = '4321ms'")  # session-level, committed
+        return conn.info.backend_pid
+
+    @app.get("/show")
+    async def show(conn: ConnDep) -> dict[str, Any]:
+        cur = await conn.execute("SHOW statement_timeout")
+        row = await cur.fetchone()
+        return {"pid": conn.info.backend_pid, "statement_timeout": row[0] if row else None}
+
+    return app
+
+
+@pytest.mark.parametrize(("reset", "seen"), [(False, "4321ms"), (True, "0")])
+def test_a_session_set_reaches_the_next_request_unless_reset_session(
+    make_settings: SettingsFactory, client_for: ClientFor, reset: bool, seen: str
+) -> None:
+    client = client_for(set_app(make_settings, reset_session=reset))
+    pid = client.post("/set").json()
+    after = client.get("/show").json()
+    assert after["pid"] == pid  # the same backend, so only a reset can have undone it
+    assert after["statement_timeout"] == seen

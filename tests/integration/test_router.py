@@ -2,6 +2,7 @@
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi import Depends, FastAPI, Header, HTTPException
@@ -111,3 +112,21 @@ def test_bodies_never_reveal_connection_details(
         None, [database_server.password, database_server.url, "127.0.0.1", "postgresql://"]
     ):
         assert secret not in text
+
+
+def test_health_reason_says_the_pool_was_busy_not_unreachable(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    # One connection, held by a slow request: the server answers, the pool cannot lend.
+    settings = make_settings(min_size=1, max_size=1, health_timeout=0.5)
+    client = client_for(build_app(settings))
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(client.get, "/sleep", params={"seconds": 2})
+        time.sleep(0.5)
+        started = time.monotonic()
+        response = client.get("/health/db")
+        elapsed = time.monotonic() - started
+        assert slow.result().status_code == 200
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "reason": "pool_timeout"}
+    assert elapsed < 0.5 + 1.0

@@ -1,6 +1,7 @@
 """Behind PgBouncer in transaction mode: psycopg's defaults break, DBPOOL_PGBOUNCER does not."""
 
 import asyncio
+import secrets
 from collections import Counter
 
 import psycopg
@@ -10,7 +11,10 @@ from fastapi.testclient import TestClient
 from fastapi_dbpool import PoolSettings, SettingsError
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.session import transaction
+from fastapi_dbpool.testing import DatabaseServer
 from tests.integration.conftest import build_app
+from tests.integration.test_request_transaction import kept as was_kept
+from tests.integration.test_request_transaction import writes_app
 
 pytestmark = pytest.mark.slow
 
@@ -83,3 +87,26 @@ def test_per_connection_options_are_refused_with_pgbouncer(pgbouncer_url: str) -
         SettingsError, match="DBPOOL_STATEMENT_TIMEOUT cannot be applied behind PgBouncer"
     ):
         PoolSettings(url=pgbouncer_url, pgbouncer=True, statement_timeout=1.0)
+
+
+@pytest.mark.parametrize("route", ["alias", "mixed"])
+@pytest.mark.parametrize("shape", ["block_first", "loop", "pipeline"])
+def test_one_transaction_per_request_behind_pgbouncer(
+    pgbouncer_url: str,
+    unique_app_name: str,
+    database_server: DatabaseServer,
+    route: str,
+    shape: str,
+) -> None:
+    def factory(**overrides: object) -> PoolSettings:
+        return settings_for(pgbouncer_url, unique_app_name, pgbouncer=True, min_size=1)
+
+    with psycopg.connect(database_server.url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS items (id bigint PRIMARY KEY, note text NOT NULL)")
+    kept, dropped = secrets.randbelow(2**60), secrets.randbelow(2**60)
+    with TestClient(writes_app(factory)) as client:
+        assert client.post(f"/{route}/{shape}/{kept}").status_code == 200
+        failed = client.post(f"/{route}/{shape}/{dropped}", params={"fail": "http"})
+        assert failed.status_code == 409
+    assert all(was_kept(database_server.url, kept, shape))
+    assert not any(was_kept(database_server.url, dropped, shape))

@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 
 from fastapi_dbpool import PoolSettings, SettingsError, get_conn_for
+from fastapi_dbpool.advice import advise
 from fastapi_dbpool.pools import Databases
+from fastapi_dbpool.timings import Recorder
 
 SECRET = "n0t-in-any-message"
 URL = f"postgresql://app:{SECRET}@127.0.0.1:5432/app"
@@ -123,3 +125,20 @@ def test_one_dependency_per_pool_and_mode() -> None:
     assert get_conn_for("analytics") is get_conn_for("analytics", read=False)
     assert get_conn_for("analytics") is get_conn_for(name="analytics")
     assert get_conn_for("analytics", read=True) is not get_conn_for("analytics")
+
+
+def test_a_named_pools_advice_and_messages_name_its_own_variables() -> None:
+    settings = PoolSettings.for_pool("replica", url="postgresql://app@localhost/app")
+    assert settings.env_var("max_size") == "DBPOOL_REPLICA_MAX_SIZE"
+    assert settings.env_var("url") == "DBPOOL_REPLICA_URL"
+    assert PoolSettings(url="postgresql://app@localhost/app").env_var("url") == (
+        "DBPOOL_URL (or DATABASE_URL)"
+    )
+    timings = Recorder("replica", None).snapshot()
+    timings.max_in_use = 1
+    advice = advise(
+        min_size=1, max_size=10, timings=timings, shed=3, timeout=5.0, variable=settings.env_var
+    )
+    assert advice.verdict == "saturated"
+    assert "DBPOOL_REPLICA_MAX_SIZE" in advice.message
+    assert "DBPOOL_MAX_SIZE" not in advice.message

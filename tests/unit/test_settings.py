@@ -1,8 +1,10 @@
 """PoolSettings: environment, .env, defaults, and messages that name the variable."""
 
+import re
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from fastapi_dbpool import PoolSettings, SettingsError
 
@@ -154,3 +156,56 @@ def test_secrets_never_in_repr_or_dump() -> None:
     settings = PoolSettings(url=URL, password="other-SENTINEL")
     for text in (repr(settings), str(settings), settings.model_dump_json()):
         assert "hunter2" not in text and "SENTINEL" not in text
+
+
+SECRET = "S3cr/et#x"  # a password that breaks a URL in every way it can
+
+
+def fragments(secret: str) -> set[str]:
+    """Every piece of the secret at least 3 characters long, as a leak would show it."""
+    pieces = {secret[i:j] for i in range(len(secret)) for j in range(i + 3, len(secret) + 1)}
+    return pieces | {part for part in re.split(r"[/#@?: ]", secret) if len(part) >= 3}
+
+
+@pytest.mark.parametrize(
+    ("url", "password", "says"),
+    [
+        (f"app:{SECRET}@localhost:5432/app", SECRET, "no scheme"),
+        (f"postgresql://app:{SECRET}@localhost:5432/app", SECRET, "unencoded / ? or #"),
+        ("postgresql://app:S3cr@etx@localhost:5432/app", "S3cr@etx", "unencoded @"),
+        ("postgresql://app:S3cr?etx@localhost:5432/app", "S3cr?etx", "unencoded / ? or #"),
+        ("postgresql://app:S3cr etx@localhost/app", "S3cr etx", "space"),
+        ("postgresql://app:S3cr%zzetx@localhost/app", "S3cr%zzetx", "percent-encode"),
+        ("host=localhost password=S3cr etx", "S3cr etx", "percent-encode"),
+        ("postgresql://app:S3cretx@localhost:54x2/app", "S3cretx", "port is not a number"),
+        ("mysql://app:S3cretx@localhost/app", "S3cretx", "scheme is not postgresql"),
+        ("postgresql+asyncpg://app:S3cretx@localhost/app?ssl=yes", "S3cretx", "sslmode"),
+    ],
+)
+def test_a_malformed_url_says_what_is_wrong_and_no_piece_of_the_password(
+    url: str, password: str, says: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        PoolSettings(url=url)
+    message = str(caught.value)
+    assert "DBPOOL_URL (or DATABASE_URL)" in message
+    assert says in message
+    leaked = [piece for piece in fragments(password) if piece in message]
+    assert not leaked, (leaked, message)
+
+
+@pytest.mark.parametrize(
+    ("url", "driver"),
+    [
+        ("postgresql+psycopg://app:pw@db.example:5432/app", "psycopg"),
+        ("postgresql+asyncpg://app:pw@db.example:5432/app?ssl=require", "asyncpg"),
+        ("postgresql+psycopg2://app:pw@db.example:5432/app", "psycopg2"),
+        ("postgres://app:pw@db.example:5432/app", None),
+    ],
+)
+def test_sqlalchemy_and_heroku_urls_are_accepted(url: str, driver: str | None) -> None:
+    settings = PoolSettings(url=url)
+    assert settings.url_driver() == driver
+    assert conninfo_to_dict(settings.conninfo())["host"] == "db.example"
+    if "ssl=" in url:
+        assert conninfo_to_dict(settings.conninfo())["sslmode"] == "require"
