@@ -15,6 +15,7 @@ from time import monotonic
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from fastapi_dbpool import startup
@@ -30,6 +31,9 @@ from fastapi_dbpool.timings import Recorder
 logger = logging.getLogger("fastapi_dbpool")
 
 Conn = AsyncConnection[Any]
+
+# Seconds close() waits for the server to acknowledge cancel requests.
+_CANCEL_TIMEOUT = 2.0
 
 
 class DatabasePool:
@@ -54,7 +58,8 @@ class DatabasePool:
             else None
         )
         self._secrets = settings.secrets()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._lent: set[Conn] = set()  # connections out of the pool now, for close()
         # What each connection was when the pool made it, and since when it is idle.
         self._baselines: weakref.WeakKeyDictionary[Conn, Baseline] = weakref.WeakKeyDictionary()
         self.healer = Healer(self)
@@ -110,27 +115,57 @@ class DatabasePool:
             raise
 
     async def close(self) -> None:
-        """Close the pool and every idle connection; connections in use close on return."""
+        """Close the pool and every idle connection; connections in use close on return.
+
+        A statement still running on a lent connection is cancelled on the server first (a
+        forced shutdown must not leave a backend working for a process that is gone)."""
         self.cancel_tasks()
+        await self._cancel_running()
         await self.pool.close(timeout=self.settings.close_timeout)
         logger.info("pool %r closed", self.settings.name)
+
+    async def _cancel_running(self) -> None:
+        running = [
+            conn
+            for conn in self._lent
+            if not conn.closed and conn.pgconn.transaction_status == TransactionStatus.ACTIVE
+        ]
+        if not running:
+            return
+        logger.warning(
+            "pool %r closing: cancelling %d statement(s) still running on the server",
+            self.settings.name,
+            len(running),
+        )
+        cancels = [
+            asyncio.ensure_future(conn.cancel_safe(timeout=_CANCEL_TIMEOUT)) for conn in running
+        ]
+        done, pending = await asyncio.wait(cancels, timeout=_CANCEL_TIMEOUT)
+        for cancel in pending:
+            cancel.cancel()
+        for cancel in done:
+            _quiet(cancel)
 
     async def acquire(self, route: object = "", timeout: float | None = None) -> tuple[Conn, int]:
         """A connection from the pool (getconn), timed; give it back with release()."""
         recorder = self.recorder
         if recorder is None:
-            return await self.pool.getconn(timeout), 0
+            conn = await self.pool.getconn(timeout)
+            self._lent.add(conn)
+            return conn, 0
         started = recorder.wait_started()
         try:
             conn = await self.pool.getconn(timeout)
         except BaseException:
             recorder.not_acquired(started)
             raise
+        self._lent.add(conn)
         return conn, recorder.acquired(started, route)
 
     async def release(self, conn: Conn, token: int) -> None:
         """Give back a connection acquire() lent (putconn), and record how long it was held."""
         try:
+            self._lent.discard(conn)
             baseline = self._baselines.get(conn)
             if baseline is not None:
                 baseline.idle_since = monotonic()
@@ -183,12 +218,24 @@ class DatabasePool:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def adopt(self, task: "asyncio.Future[Any]") -> None:
+        """Keep a task that was given up on until it ends (cancelled at close like the rest)."""
+        self._tasks.add(task)
+        task.add_done_callback(_quiet)
+        task.add_done_callback(self._tasks.discard)
+
     def cancel_tasks(self) -> None:
         for task in list(self._tasks):
             task.cancel()
 
     async def _configure(self, conn: Conn) -> None:
         self._baselines[conn] = Baseline(conn)
+
+
+def _quiet(task: "asyncio.Future[Any]") -> None:
+    """Retrieve a background task's outcome, so that asyncio does not log it as never read."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _reset_session(conn: Conn) -> None:

@@ -67,6 +67,18 @@ class CommitFailed(HTTPException):
         )
 
 
+class CommitOutcomeUnknown(HTTPException):
+    """500: the connection was lost while COMMIT was under way, so the transaction may or may
+    not have been committed. No Retry-After: a blind retry could apply the write twice."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            status_code=500,
+            detail="database commit outcome unknown: the connection was lost after COMMIT was "
+            "sent, so the transaction may have been committed; check before retrying",
+        )
+
+
 def unavailable_reason(
     exc: BaseException, conn: psycopg.AsyncConnection[object] | None = None
 ) -> UnavailableReason | None:

@@ -36,6 +36,7 @@ class Healer:
         self._database = database
         self._last_check = 0.0
         self._task: asyncio.Task[None] | None = None
+        self.just_checked: Conn | None = None  # the last connection a round trip proved alive
 
     async def check(self, conn: Conn) -> None:
         """psycopg-pool's check callback: raise to have the connection discarded."""
@@ -49,6 +50,7 @@ class Healer:
         if settings.check == "always" or database.idle_for(conn) >= settings.check_idle_after:
             try:
                 await AsyncConnectionPool.check_connection(conn)
+                self.just_checked = conn
             except Exception:
                 # Its idle siblings likely died with it (a restart, a network cut): check them
                 # in the background rather than let each request find one.
@@ -93,9 +95,12 @@ class Healer:
         """Until the pool holds min_size connections again, ask it to grow every interval."""
         database = self._database
         started = monotonic()
+        opened = _opened(database)
         while not database.pool.closed:
             await asyncio.sleep(HEAL_INTERVAL)
-            if database.pool.get_stats().get("pool_size", 0) >= database.settings.min_size:
+            # pool_size counts attempts still in progress: only a connection opened since the
+            # outage began says the database answers again.
+            if _opened(database) > opened:
                 logger.warning(
                     "pool %r reconnected to %s after %.1f s",
                     database.settings.name,
@@ -104,6 +109,12 @@ class Healer:
                 )
                 return
             await self.check_pool()
+
+
+def _opened(database: "DatabasePool") -> int:
+    """Connections the pool opened successfully so far (attempts less failures)."""
+    stats = database.pool.get_stats()
+    return int(stats.get("connections_num", 0)) - int(stats.get("connections_errors", 0))
 
 
 def closed_by_server(conn: Conn) -> bool:

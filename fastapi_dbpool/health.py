@@ -36,33 +36,47 @@ _UP_INTERVAL = 0.5  # seconds between pings of a replica that is down
 
 
 async def ping(database: "DatabasePool") -> HealthReason | None:
-    """Run SELECT 1 within DBPOOL_HEALTH_TIMEOUT; None if it worked, else why not."""
+    """One round trip within DBPOOL_HEALTH_TIMEOUT; None if it worked, else why not.
+
+    The answer never waits past the timeout: a check still running then (a frozen network
+    path, a query whose cancellation does not come back) is cancelled in the background."""
     timeout = database.settings.health_timeout
+    check = asyncio.ensure_future(_select_one(database, timeout))
     try:
-        await asyncio.wait_for(_select_one(database, timeout), timeout)
-    except (TimeoutError, asyncio.TimeoutError):
+        done, _ = await asyncio.wait({check}, timeout=timeout)
+    except BaseException:
+        check.cancel()
+        raise
+    if not done:
+        check.cancel()
+        database.adopt(check)  # let it end in the background, its connection with it
         return "timeout"
-    except Exception as exc:
-        reason = unavailable_reason(exc)
-        if reason in ("pool_timeout", "queue_full", "pool_closed"):
-            return reason
-        if reason == "connection_lost" or isinstance(exc, psycopg.Error):
-            database.healer.lost_connection()
-            return "unreachable"
-        logger.warning(
-            "health check of pool %r failed: %s",
-            database.settings.name,
-            database.redact(f"{type(exc).__name__}: {exc}"),
-        )
+    exc = check.exception()
+    if exc is None:
+        return None
+    reason = unavailable_reason(exc)
+    if reason in ("pool_timeout", "queue_full", "pool_closed"):
+        return reason
+    if reason == "connection_lost" or isinstance(exc, psycopg.Error):
+        database.healer.lost_connection()
         return "unreachable"
-    return None
+    logger.warning(
+        "health check of pool %r failed: %s",
+        database.settings.name,
+        database.redact(f"{type(exc).__name__}: {exc}"),
+    )
+    return "unreachable"
 
 
 async def _select_one(database: "DatabasePool", timeout: float) -> None:
-    """One round trip: SELECT 1 in autocommit, no BEGIN/COMMIT around it."""
+    """SELECT 1 in autocommit, no BEGIN/COMMIT around it; nothing more when the pool's
+    checkout check has just made a round trip on this connection."""
     # The wait for a connection ends first, so a busy pool answers pool_timeout, not timeout.
     conn, token = await database.acquire("GET /health/db", timeout * 0.9)
     try:
+        if database.healer.just_checked is conn:
+            database.healer.just_checked = None
+            return
         await conn.set_autocommit(True)
         await conn.execute("SELECT 1")
     finally:

@@ -22,7 +22,13 @@ from psycopg.pq import TransactionStatus
 
 from fastapi_dbpool.connection import PooledConnection
 from fastapi_dbpool.database import DatabasePool
-from fastapi_dbpool.errors import CommitFailed, answer_for, reraise, translate
+from fastapi_dbpool.errors import (
+    CommitFailed,
+    CommitOutcomeUnknown,
+    answer_for,
+    reraise,
+    translate,
+)
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -83,19 +89,6 @@ async def lend(
     return lease
 
 
-async def lend_or_answer(
-    database: DatabasePool,
-    route: object = "",
-    timeout: float | None = None,  # noqa: ASYNC109 - psycopg-pool's getconn timeout
-    leases: Leases | None = None,
-) -> Lease:
-    """lend(), with a pool that cannot lend in time answered 503."""
-    try:
-        return await lend(database, route, timeout, leases)
-    except Exception as exc:
-        reraise(database, exc, None)
-
-
 def transaction(
     database: DatabasePool,
     route: object = "",
@@ -151,9 +144,11 @@ class _Session:
     async def _join(self) -> Lease:
         lease = self.lease
         if lease is None:
-            lease = self.lease = await lend_or_answer(
-                self.database, self.route, self.timeout, self.leases
-            )
+            try:
+                lease = await lend(self.database, self.route, self.timeout, self.leases)
+            except Exception as exc:  # a pool that cannot lend in time: 503
+                reraise(self.database, exc, None)
+            self.lease = lease
         lease.users += 1
         return lease
 
@@ -296,6 +291,15 @@ async def _commit(database: DatabasePool, lease: Lease) -> None:
         elif status != _IDLE:  # IDLE: no statement ran, nothing to commit
             await conn.commit()
     except psycopg.Error as exc:
+        if isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed):
+            # COMMIT was sent and its answer never came: the server may have committed.
+            logger.warning(
+                "connection lost during COMMIT: outcome unknown, answering 500 without "
+                "Retry-After (%s)",
+                database.redact(f"{type(exc).__name__}: {exc}"),
+            )
+            database.healer.lost_connection()
+            raise CommitOutcomeUnknown() from exc
         translated = translate(database, exc, conn)
         if translated is exc:
             logger.warning(

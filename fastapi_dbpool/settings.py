@@ -3,6 +3,7 @@
 import functools
 import math
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import psycopg
@@ -304,6 +305,29 @@ class PoolSettings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _url_agrees(self) -> "PoolSettings":
+        """A URL parameter that a DBPOOL_* setting also sets: the URL's value is used unless
+        the setting was given too, with another value (refused, naming both)."""
+        params = conninfo_to_dict(self.conninfo())
+        prefix = self.env_prefix()
+        for field, to_url in _URL_PARAMETERS.items():
+            if field not in params:
+                continue
+            text = str(params[field]).strip()
+            if not text.lstrip("-").isdigit():
+                raise ValueError(
+                    f"the URL's {field} parameter is not a whole number: fix it in "
+                    f"{env_var('url', prefix)}, or drop it there and set {env_var(field, prefix)}"
+                )
+            value = getattr(self, field)
+            if field in self.model_fields_set and value is not None and to_url(value) != int(text):
+                raise ValueError(
+                    f"{env_var('url', prefix)} sets {field}={text} and {env_var(field, prefix)} "
+                    f"sets {value}: keep one of them"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _pgbouncer_compatible(self) -> "PoolSettings":
         if not self.pgbouncer:
             return self
@@ -355,6 +379,9 @@ class PoolSettings(BaseSettings):
         }
         if self.tcp_user_timeout is not None:
             kwargs["tcp_user_timeout"] = _ms(self.tcp_user_timeout)
+        for field in _URL_PARAMETERS:  # the URL's own value wins over a default (_url_agrees)
+            if field in url_params:
+                kwargs.pop(field, None)
         if "application_name" not in url_params:
             kwargs["application_name"] = self.application_name
         if self.password is not None:
@@ -369,6 +396,18 @@ class PoolSettings(BaseSettings):
         if options:
             kwargs["options"] = " ".join(options)
         return kwargs
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+# Settings that are also libpq parameters, and how a setting's value reads in the URL's units.
+_URL_PARAMETERS: dict[str, Callable[[Any], int]] = {
+    "connect_timeout": int,
+    "keepalives_idle": int,
+    "tcp_user_timeout": _ms,
+}
 
 
 def env_var(field: str, prefix: str = ENV_PREFIX) -> str:
@@ -417,10 +456,6 @@ def _named_settings(name: str) -> type[PoolSettings]:
     )
     model.model_config["env_prefix"] = prefix
     return model
-
-
-def _ms(seconds: float) -> int:
-    return max(1, math.ceil(seconds * 1000))
 
 
 def _explain(exc: ValidationError, prefix: str = ENV_PREFIX) -> str:

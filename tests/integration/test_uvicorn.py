@@ -57,3 +57,24 @@ def test_commit_is_visible_to_others_before_the_client_sees_the_response(
                 # Over a real socket: visible the moment the response arrives.
                 row = conn.execute("SELECT note FROM items WHERE id = %s", (item_id,)).fetchone()
                 assert row == ("uvicorn",)
+
+
+@pytest.mark.slow
+def test_a_forced_shutdown_cancels_what_runs_on_the_server(
+    database_server: DatabaseServer, observer: Observer, unique_app_name: str
+) -> None:
+    env = {"DBPOOL_URL": database_server.url, "DBPOOL_APPLICATION_NAME": unique_app_name}
+    with serve_app(APP, env) as app, ThreadPoolExecutor(1) as executor:
+        # Longer than uvicorn's graceful shutdown (5 s in serve_app): the request is cut off.
+        executor.submit(httpx2.get, f"{app.base}/sleep", params={"seconds": 30}, timeout=40)
+        deadline = time.monotonic() + 5
+        while observer.count(unique_app_name, state="active") < 1:
+            assert time.monotonic() < deadline, "the query never started"
+            time.sleep(0.05)
+        app.process.send_signal(signal.SIGTERM)
+        app.process.wait(timeout=15)
+        exited = time.monotonic()
+        # No backend keeps working for the process that is gone.
+        assert observer.wait_for_count(unique_app_name, 0, timeout=3.0) == 0
+        assert time.monotonic() - exited < 3.0
+        assert "cancelling 1 statement(s) still running" in app.output()

@@ -209,3 +209,27 @@ def test_sqlalchemy_and_heroku_urls_are_accepted(url: str, driver: str | None) -
     assert conninfo_to_dict(settings.conninfo())["host"] == "db.example"
     if "ssl=" in url:
         assert conninfo_to_dict(settings.conninfo())["sslmode"] == "require"
+
+
+def test_a_url_parameter_that_is_not_a_number_is_refused_naming_both_places() -> None:
+    with pytest.raises(SettingsError) as caught:
+        PoolSettings(url="postgresql://app@localhost/app?connect_timeout=abc")
+    message = str(caught.value)
+    assert "connect_timeout parameter is not a whole number" in message
+    assert "DBPOOL_URL (or DATABASE_URL)" in message and "DBPOOL_CONNECT_TIMEOUT" in message
+
+
+def test_a_url_parameter_and_a_setting_that_disagree_are_refused() -> None:
+    with pytest.raises(SettingsError, match="sets connect_timeout=3 and DBPOOL_CONNECT_TIMEOUT"):
+        PoolSettings(url="postgresql://app@localhost/app?connect_timeout=3", connect_timeout=7)
+    with pytest.raises(SettingsError, match=r"DBPOOL_TCP_USER_TIMEOUT sets 2\.0"):
+        PoolSettings(url="postgresql://app@localhost/app?tcp_user_timeout=500", tcp_user_timeout=2)
+
+
+def test_the_urls_own_parameter_wins_over_a_default() -> None:
+    settings = PoolSettings(url="postgresql://app@localhost/app?connect_timeout=3")
+    assert "connect_timeout" not in settings.connect_kwargs()  # libpq reads it from the URL
+    agreeing = PoolSettings(
+        url="postgresql://app@localhost/app?connect_timeout=3", connect_timeout=3
+    )
+    assert agreeing.connect_timeout == 3
