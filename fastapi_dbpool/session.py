@@ -291,8 +291,10 @@ async def _commit(database: DatabasePool, lease: Lease) -> None:
         elif status != _IDLE:  # IDLE: no statement ran, nothing to commit
             await conn.commit()
     except psycopg.Error as exc:
-        if isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed):
-            # COMMIT was sent and its answer never came: the server may have committed.
+        gone = isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed)
+        if gone and not exc.sqlstate:
+            # COMMIT was sent and no answer came: the server may have committed. (An answer
+            # with a SQLSTATE, such as 57P01 when the backend was terminated, says it did not.)
             logger.warning(
                 "connection lost during COMMIT: outcome unknown, answering 500 without "
                 "Retry-After (%s)",
