@@ -3,12 +3,13 @@ messages quote the input, password included) found first and told without quotin
 and SQLAlchemy/Heroku spellings (``postgresql+asyncpg://``, ``postgres://``) accepted."""
 
 import re
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 # postgresql+psycopg://, postgresql+asyncpg://, postgres+psycopg2://: SQLAlchemy's driver suffix.
 _DRIVER = re.compile(r"^(?P<scheme>postgres(?:ql)?)\+(?P<driver>[A-Za-z0-9_]+)://", re.IGNORECASE)
 _URI = re.compile(r"^postgres(?:ql)?://", re.IGNORECASE)
 _QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
+_SSL_KEY = re.compile(r"(^|&)ssl=")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # asyncpg's ssl= takes libpq's sslmode names; libpq spells the parameter sslmode.
 _SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
@@ -28,12 +29,8 @@ def normalize(conninfo: str) -> tuple[str, str | None]:
         return conninfo, None
     conninfo = f"{match.group('scheme')}://{conninfo[match.end() :]}"
     base, sep, query = conninfo.partition("?")
-    if sep and "ssl=" in query:
-        params = [
-            ("sslmode", value) if key == "ssl" else (key, value)
-            for key, value in parse_qsl(query, keep_blank_values=True)
-        ]
-        conninfo = f"{base}?{urlencode(params)}"
+    if sep:  # rename the key only: the values keep their own percent-encoding
+        conninfo = base + "?" + _SSL_KEY.sub(r"\1sslmode=", query)
     return conninfo, match.group("driver").lower()
 
 

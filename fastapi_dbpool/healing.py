@@ -41,6 +41,7 @@ class Healer:
     async def check(self, conn: Conn) -> None:
         """psycopg-pool's check callback: raise to have the connection discarded."""
         database = self._database
+        self.just_checked = None  # set again below only by this checkout's own round trip
         if closed_by_server(conn):
             # The server ended it while it sat idle (a restart, a stopped replica): discard it
             # without a round trip; the pool hands out another one.

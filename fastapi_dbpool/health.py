@@ -46,10 +46,13 @@ async def ping(database: "DatabasePool") -> HealthReason | None:
         done, _ = await asyncio.wait({check}, timeout=timeout)
     except BaseException:
         check.cancel()
+        database.adopt(check)
         raise
     if not done:
         check.cancel()
         database.adopt(check)  # let it end in the background, its connection with it
+        return "timeout"
+    if check.cancelled():
         return "timeout"
     exc = check.exception()
     if exc is None:

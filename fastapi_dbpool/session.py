@@ -60,6 +60,8 @@ class Lease:
 
     async def begin(self) -> None:
         """Begin the request's transaction now (a conn.transaction() block comes first)."""
+        if self.outer is not None or self.conn.pgconn.transaction_status != _IDLE:
+            return  # begun already (two blocks opened at once, or a statement ran first)
         tx = AsyncTransaction(self.conn)
         await tx.__aenter__()
         self.outer = tx
@@ -255,16 +257,24 @@ async def _leave(lease: Lease) -> None:
     lease.users -= 1
     if lease.users:
         return
-    if lease.leases is not None:
-        lease.leases.pop(lease.database, None)
+    leases = lease.leases
+    if leases is not None and leases.get(lease.database) is lease:
+        del leases[lease.database]
     conn = lease.conn
+    database = lease.database
     try:
         if not conn.closed and not conn.broken:
             if conn.pgconn.transaction_status != _IDLE:
                 await _rollback_quietly(conn)
-            await lease.database.restore(conn)
+            await database.restore(conn)
+    except Exception as exc:  # never spoil the answer: a connection that cannot be reset goes
+        logger.warning(
+            "closing a connection that could not be reset: %s",
+            database.redact(f"{type(exc).__name__}: {exc}"),
+        )
+        await conn.close()
     finally:  # whatever happened, the connection goes back to its pool
-        await lease.database.release(conn, lease.token)
+        await database.release(conn, lease.token)
 
 
 async def _commit(database: DatabasePool, lease: Lease) -> None:
@@ -325,7 +335,7 @@ async def _rollback(lease: Lease, exc: BaseException) -> None:
 
 async def _rollback_quietly(conn: Conn) -> None:
     """Roll back what the endpoint left open, as psycopg's connection context does."""
-    if conn.closed or conn.pgconn.transaction_status == _IDLE:
+    if conn.closed or conn.broken or conn.pgconn.transaction_status == _IDLE:
         return
     try:
         await conn.rollback()

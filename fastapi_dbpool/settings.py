@@ -280,7 +280,7 @@ class PoolSettings(BaseSettings):
         try:
             params = conninfo_to_dict(normalized)
         except psycopg.Error as exc:
-            reason = redact(_url.masked(str(exc).strip(), conninfo), passwords_in(conninfo))
+            reason = _url.masked(redact(str(exc).strip(), passwords_in(conninfo)), conninfo)
             raise ValueError(
                 f"is not a valid PostgreSQL connection string ({reason}); use "
                 f"postgresql://user:password@host:5432/dbname and {_url.ENCODE_HINT}"

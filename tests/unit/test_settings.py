@@ -233,3 +233,16 @@ def test_the_urls_own_parameter_wins_over_a_default() -> None:
         url="postgresql://app@localhost/app?connect_timeout=3", connect_timeout=3
     )
     assert agreeing.connect_timeout == 3
+
+
+def test_a_translated_ssl_parameter_keeps_the_other_values_encoding() -> None:
+    url = "postgresql+asyncpg://app:pw@db.example/app?ssl=require&options=-c%20statement_timeout%3D5000"
+    params = conninfo_to_dict(PoolSettings(url=url).conninfo())
+    assert params["sslmode"] == "require"
+    assert params["options"] == "-c statement_timeout=5000"
+
+
+def test_a_quote_in_the_password_does_not_let_a_piece_of_it_through() -> None:
+    with pytest.raises(SettingsError) as caught:
+        PoolSettings(url='postgresql://u:p"w%zzq@h/db')
+    assert not [piece for piece in fragments('p"w%zzq') if piece in str(caught.value)]
