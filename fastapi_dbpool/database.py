@@ -7,6 +7,7 @@ pool's background work (``healing``, ``health``, ``summary``) until it closes.
 
 import asyncio
 import logging
+import socket
 import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
@@ -59,7 +60,9 @@ class DatabasePool:
         )
         self._secrets = settings.secrets()
         self._tasks: set[asyncio.Future[Any]] = set()
-        self._lent: set[Conn] = set()  # connections out of the pool now, for close()
+        # Connections out of the pool now, and since when: for the deadline and close().
+        self._lent: dict[Conn, float] = {}
+        self.cut: weakref.WeakSet[Conn] = weakref.WeakSet()  # cut past the deadline
         # What each connection was when the pool made it, and since when it is idle.
         self._baselines: weakref.WeakKeyDictionary[Conn, Baseline] = weakref.WeakKeyDictionary()
         self.healer = Healer(self)
@@ -108,6 +111,7 @@ class DatabasePool:
             self.spawn(self.recorder.watch())
         if self.settings.log_stats_interval is not None:
             self.spawn(log_summaries(self, self.settings.log_stats_interval))
+        self.spawn(self._enforce_deadline(self.settings.effective_deadline))
         try:
             await startup.open_pool(self)
         except BaseException:
@@ -123,6 +127,31 @@ class DatabasePool:
         await self._cancel_running()
         await self.pool.close(timeout=self.settings.close_timeout)
         logger.info("pool %r closed", self.settings.name)
+
+    async def _enforce_deadline(self, deadline: float) -> None:
+        """Cut every connection lent longer than deadline whose statement still waits for the
+        server: its socket is shut down, so the request's await fails at once, whatever the
+        network does (no cancel request: it could wait on the same frozen path)."""
+        period = min(1.0, deadline / 10)
+        while True:
+            await asyncio.sleep(period)
+            now = monotonic()
+            for conn, since in list(self._lent.items()):
+                if (
+                    now - since >= deadline
+                    and conn not in self.cut
+                    and not conn.closed
+                    and conn.pgconn.transaction_status == TransactionStatus.ACTIVE
+                ):
+                    self.cut.add(conn)
+                    logger.warning(
+                        "pool %r: a statement has waited for the server past %s (%s s): "
+                        "cutting its connection",
+                        self.settings.name,
+                        self.settings.env_var("deadline"),
+                        deadline,
+                    )
+                    _shut_down(conn)
 
     async def _cancel_running(self) -> None:
         running = [
@@ -151,7 +180,7 @@ class DatabasePool:
         recorder = self.recorder
         if recorder is None:
             conn = await self.pool.getconn(timeout)
-            self._lent.add(conn)
+            self._lent[conn] = monotonic()
             return conn, 0
         started = recorder.wait_started()
         try:
@@ -159,13 +188,13 @@ class DatabasePool:
         except BaseException:
             recorder.not_acquired(started)
             raise
-        self._lent.add(conn)
+        self._lent[conn] = monotonic()
         return conn, recorder.acquired(started, route)
 
     async def release(self, conn: Conn, token: int) -> None:
         """Give back a connection acquire() lent (putconn), and record how long it was held."""
         try:
-            self._lent.discard(conn)
+            self._lent.pop(conn, None)
             baseline = self._baselines.get(conn)
             if baseline is not None:
                 baseline.idle_since = monotonic()
@@ -230,6 +259,20 @@ class DatabasePool:
 
     async def _configure(self, conn: Conn) -> None:
         self._baselines[conn] = Baseline(conn)
+
+
+def _shut_down(conn: Conn) -> None:
+    """Shut the connection's socket down under libpq: its next read sees the end at once."""
+    try:
+        sock = socket.socket(fileno=conn.pgconn.socket)
+    except (OSError, ValueError):
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.detach()  # the descriptor stays libpq's
 
 
 def _quiet(task: "asyncio.Future[Any]") -> None:

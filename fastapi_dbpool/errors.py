@@ -57,6 +57,17 @@ class QueryTimeout(HTTPException):
         )
 
 
+class DeadlineExceeded(HTTPException):
+    """504: the server did not answer within DBPOOL_DEADLINE; the connection was cut."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            status_code=504,
+            detail="the database did not answer in time (DBPOOL_DEADLINE); the connection was "
+            "dropped and nothing was committed",
+        )
+
+
 class CommitFailed(HTTPException):
     """500: the endpoint returned but its transaction could not be committed."""
 
@@ -137,6 +148,13 @@ def translate(
     """The HTTP answer for a pool or connection error; other errors pass unchanged."""
     if isinstance(exc, pg_errors.QueryCanceled):
         return QueryTimeout()
+    if conn is not None and conn in database.cut:
+        logger.warning(
+            "answering 504: pool %r cut a connection past its deadline (%s s)",
+            database.settings.name,
+            database.settings.effective_deadline,
+        )
+        return DeadlineExceeded()
     reason = unavailable_reason(exc, conn)
     if reason is None:
         return exc

@@ -197,6 +197,15 @@ class PoolSettings(BaseSettings):
         description="/health/db answers 503 when this pool is down, and startup fails when it "
         "cannot connect (with fail_fast); unset: true, except for replicas.",
     )
+    deadline: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds a request may hold a connection while a statement still waits for "
+        "the server; past it the connection is cut (no wait on a frozen network, no cancel "
+        "request) and the request answers 504. Unset: statement_timeout + 10 s, or 300 s "
+        "without a statement_timeout.",
+    )
     health_timeout: float = Field(
         2.0, gt=0, allow_inf_nan=False, description="Seconds /health/db waits before answering 503."
     )
@@ -238,6 +247,16 @@ class PoolSettings(BaseSettings):
         """The environment variable of field for this pool: DBPOOL_MAX_SIZE, or
         DBPOOL_REPLICA_MAX_SIZE for the pool named replica."""
         return env_var(field, self.env_prefix())
+
+    @property
+    def effective_deadline(self) -> float:
+        """deadline, or what it defaults to: past statement_timeout, a healthy server has
+        answered 504 already; only a server or network that does not answer reaches it."""
+        if self.deadline is not None:
+            return self.deadline
+        if self.statement_timeout is not None:
+            return self.statement_timeout + 10.0
+        return 300.0
 
     @property
     def is_required(self) -> bool:

@@ -74,3 +74,26 @@ def test_health_answers_within_its_timeout_when_the_path_freezes(
                     assert elapsed < 1.0 + 1.0  # DBPOOL_HEALTH_TIMEOUT + 1 s, not 12 s
             finally:
                 proxy.thaw()
+
+
+def test_a_request_waiting_on_a_frozen_path_answers_504_at_its_deadline(
+    database_server: DatabaseServer, fault_table: None, unique_app_name: str
+) -> None:
+    with fault_proxy(database_server.url) as proxy:
+        app = proxied_app(proxy.url, unique_app_name, deadline=1.0, timeout=5.0)
+        with TestClient(app, raise_server_exceptions=False) as client:
+            assert client.post(f"/items/{secrets.randbelow(2**62)}").status_code == 200
+            item = secrets.randbelow(2**62)
+            proxy.freeze()
+            try:
+                started = time.monotonic()
+                response = client.post(f"/items/{item}")
+                elapsed = time.monotonic() - started
+            finally:
+                proxy.thaw()
+            # Not the TCP user timeout (30 s), not a cancel request into the frozen path.
+            assert response.status_code == 504
+            assert "DBPOOL_DEADLINE" in response.json()["detail"]
+            assert elapsed < 1.0 + 1.0
+            assert not row_exists(database_server.url, item)
+            assert client.post(f"/items/{secrets.randbelow(2**62)}").status_code == 200

@@ -246,3 +246,10 @@ def test_a_quote_in_the_password_does_not_let_a_piece_of_it_through() -> None:
     with pytest.raises(SettingsError) as caught:
         PoolSettings(url='postgresql://u:p"w%zzq@h/db')
     assert not [piece for piece in fragments('p"w%zzq') if piece in str(caught.value)]
+
+
+def test_the_deadline_defaults_past_the_statement_timeout() -> None:
+    url = "postgresql://app@localhost/app"
+    assert PoolSettings(url=url).effective_deadline == 300.0
+    assert PoolSettings(url=url, statement_timeout=5).effective_deadline == 15.0
+    assert PoolSettings(url=url, deadline=2, statement_timeout=5).effective_deadline == 2.0
