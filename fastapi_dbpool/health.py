@@ -22,6 +22,7 @@ HealthReason = Literal[
     "pool_closed",  # the pool is closed (shutting down)
     "unreachable",  # the server could not be reached, or the connection was lost
     "not_serving",  # a replica that reads skip until a ping answers
+    "draining",  # /health/ready only: the app is shutting down (DBPOOL_DRAIN_SECONDS)
 ]
 HEALTH_REASONS: tuple[HealthReason, ...] = (
     "timeout",
@@ -30,6 +31,7 @@ HEALTH_REASONS: tuple[HealthReason, ...] = (
     "pool_closed",
     "unreachable",
     "not_serving",
+    "draining",
 )
 
 _UP_INTERVAL = 0.5  # seconds between pings of a replica that is down

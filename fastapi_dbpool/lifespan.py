@@ -35,6 +35,7 @@ def create_pool_lifespan(
         default = _resolve(settings)
         databases = Databases.build(default, _named(default, pools))
         await databases.open()
+        databases.drain.install(default.drain_seconds)
         state = getattr(app, "state", None)
         if state is not None:
             setattr(state, STATE_KEY, databases.default)
@@ -47,6 +48,7 @@ def create_pool_lifespan(
                 async with lifespan(app) as inner_state:
                     yield {**(inner_state or {}), **pool_state}
         finally:
+            databases.drain.uninstall()
             if state is not None and getattr(state, POOLS_KEY, None) is databases:
                 delattr(state, STATE_KEY)
                 delattr(state, POOLS_KEY)

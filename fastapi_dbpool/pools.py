@@ -8,6 +8,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.drain import Drain
 from fastapi_dbpool.errors import unavailable_reason
 from fastapi_dbpool.health import connect_failing, mark_down
 from fastapi_dbpool.session import Autocommit, Lease, Leases, lend
@@ -33,6 +34,7 @@ class Databases:
         self._turn = 0
         # Whether a route also writes through the default pool, by id(route) (see get_read_conn).
         self.route_writes: dict[int, tuple[object, bool]] = {}
+        self.drain = Drain()  # readiness: off from the first SIGTERM (DBPOOL_DRAIN_SECONDS)
 
     @classmethod
     def build(cls, default: PoolSettings, named: list[PoolSettings] | None = None) -> "Databases":

@@ -61,6 +61,21 @@ async def _check(database: DatabasePool) -> PoolHealth:
     return PoolHealth(status="ok", required=required, latency_ms=latency_ms)
 
 
+@pool_router.get(
+    "/health/ready",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "Draining, or a required pool is down."}},
+    summary="Readiness: whether this instance should get traffic",
+)
+async def health_ready(databases: _Databases) -> JSONResponse:
+    """503 from the first SIGTERM on while the app drains (DBPOOL_DRAIN_SECONDS), else the same
+    answer as /health/db. Use /health/db (or a route with no database) for liveness."""
+    if databases.drain.draining:
+        body = Health(status="unavailable", reason="draining")
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
+    return await health_db(databases)
+
+
 @pool_router.get("/pool/stats", response_model=AppPoolStats, summary="Pool counters")
 async def pool_stats(databases: _Databases) -> AppPoolStats:
     """Each pool's state and psycopg-pool's counters; reading them resets nothing."""

@@ -206,6 +206,14 @@ class PoolSettings(BaseSettings):
         "request) and the request answers 504. Unset: statement_timeout + 10 s, or 300 s "
         "without a statement_timeout.",
     )
+    drain_seconds: float = Field(
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="On SIGTERM, answer /health/ready 503 at once but keep serving for this many "
+        "seconds before shutting down, so a load balancer moves traffic first; 0: no drain. "
+        "Default pool only.",
+    )
     health_timeout: float = Field(
         2.0, gt=0, allow_inf_nan=False, description="Seconds /health/db waits before answering 503."
     )

@@ -78,3 +78,30 @@ def test_a_forced_shutdown_cancels_what_runs_on_the_server(
         assert observer.wait_for_count(unique_app_name, 0, timeout=3.0) == 0
         assert time.monotonic() - exited < 3.0
         assert "cancelling 1 statement(s) still running" in app.output()
+
+
+@pytest.mark.slow
+def test_sigterm_turns_readiness_off_and_keeps_serving_for_the_drain_period(
+    database_server: DatabaseServer, observer: Observer, unique_app_name: str
+) -> None:
+    env = {
+        "DBPOOL_URL": database_server.url,
+        "DBPOOL_APPLICATION_NAME": unique_app_name,
+        "DBPOOL_DRAIN_SECONDS": "2",
+    }
+    with serve_app(APP, env) as app, httpx2.Client(base_url=app.base, timeout=5) as client:
+        assert client.get("/health/ready").status_code == 200
+        app.process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        time.sleep(0.3)
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.json() == {"status": "unavailable", "reason": "draining"}
+        # Still serving: liveness, and new requests that use the database.
+        assert client.get("/health/db").status_code == 200
+        assert client.get("/sleep", params={"seconds": 0.1}).status_code == 200
+        assert time.monotonic() - started < 2.0  # all of the above inside the drain period
+        app.process.wait(timeout=15)
+        assert time.monotonic() - started >= 2.0  # it did not shut down before the period ended
+        assert "serving for 2.0 s more" in app.output()
+    assert observer.wait_for_count(unique_app_name, 0, timeout=2.0) == 0
