@@ -239,6 +239,10 @@ class EmbeddedPostgres:
         self._running = True
         self._ensure_app_role()
 
+    def promote(self) -> None:
+        """Make this standby a primary (pg_ctl promote), waiting until it accepts writes."""
+        self._pg_ctl("promote")
+
     def stop(self, mode: str = "fast") -> None:
         """Stop the server; a no-op when it is not running."""
         if mode not in ("smart", "fast", "immediate"):

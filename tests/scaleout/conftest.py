@@ -7,13 +7,14 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import psycopg
 import pytest
 
-from fastapi_dbpool.testing import DatabaseServer
+from fastapi_dbpool.testing import DatabaseServer, EmbeddedPostgres
 from fastapi_dbpool.testing._pgbouncer import write_pgbouncer_config
 from tests.support import free_port
 
@@ -78,3 +79,28 @@ def pgbouncer_url(database_server: DatabaseServer) -> Iterator[str]:
         process.terminate()
         process.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def primary_and_standby() -> Iterator[tuple[EmbeddedPostgres, EmbeddedPostgres]]:
+    """A primary and its streaming standby on two loopback ports, with an items table; both
+    stopped and deleted after the block. Skips, saying why, without the binaries."""
+    try:
+        primary = EmbeddedPostgres()
+    except RuntimeError as exc:
+        pytest.skip(f"no PostgreSQL binaries to build a replica from: {exc}")
+    if not (primary.bin / "pg_basebackup").is_file():
+        primary.close()
+        pytest.skip(f"pg_basebackup is not in {primary.bin}")
+    try:
+        primary.start()
+        with psycopg.connect(primary.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE items (id serial PRIMARY KEY, note text NOT NULL)")
+        standby = primary.standby()
+        try:
+            standby.start()
+            yield primary, standby
+        finally:
+            standby.close()
+    finally:
+        primary.close()

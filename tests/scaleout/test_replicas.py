@@ -28,6 +28,7 @@ from fastapi_dbpool import (
 )
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.testing import EmbeddedPostgres
+from tests.scaleout.conftest import primary_and_standby
 
 AnalyticsConn = Annotated[AsyncConnection[Any], Depends(get_conn_for("analytics"))]
 AnalyticsReadConn = Annotated[AsyncConnection[Any], Depends(get_conn_for("analytics", read=True))]
@@ -42,25 +43,8 @@ class Pair:
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
     """A primary and its streaming standby on two loopback ports, with an items table."""
-    try:
-        primary = EmbeddedPostgres()
-    except RuntimeError as exc:
-        pytest.skip(f"no PostgreSQL binaries to build a replica from: {exc}")
-    if not (primary.bin / "pg_basebackup").is_file():
-        primary.close()
-        pytest.skip(f"pg_basebackup is not in {primary.bin}")
-    try:
-        primary.start()
-        with psycopg.connect(primary.url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE items (id serial PRIMARY KEY, note text NOT NULL)")
-        standby = primary.standby()
-        try:
-            standby.start()
-            yield Pair(primary, standby)
-        finally:
-            standby.close()
-    finally:
-        primary.close()
+    with primary_and_standby() as (primary, standby):
+        yield Pair(primary, standby)
 
 
 async def row_of(conn: AsyncConnection[Any], sql: str, *params: Any) -> tuple[Any, ...]:
