@@ -52,7 +52,8 @@ class DatabasePool:
         )
         self.down = False  # a replica that could not serve: reads skip it until a ping works
         self.fallbacks = 0  # reads this replica could not take, sent elsewhere
-        self.connect_errors_seen = 0
+        self.connect_errors_seen = 0  # for read routing (health.connect_failing)
+        self.health_errors_seen = 0  # for the health check
         self.recorder = (
             Recorder(settings.name, settings.leak_threshold, settings.env_var("leak_threshold"))
             if settings.metrics

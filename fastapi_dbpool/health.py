@@ -21,6 +21,7 @@ HealthReason = Literal[
     "queue_full",  # DBPOOL_MAX_WAITING requests were already waiting
     "pool_closed",  # the pool is closed (shutting down)
     "unreachable",  # the server could not be reached, or the connection was lost
+    "cannot_connect",  # new connections fail (server down, password refused, ...)
     "not_serving",  # a replica that reads skip until a ping answers
     "draining",  # /health/ready only: the app is shutting down (DBPOOL_DRAIN_SECONDS)
 ]
@@ -30,6 +31,7 @@ HEALTH_REASONS: tuple[HealthReason, ...] = (
     "queue_full",
     "pool_closed",
     "unreachable",
+    "cannot_connect",
     "not_serving",
     "draining",
 )
@@ -60,6 +62,8 @@ async def ping(database: "DatabasePool") -> HealthReason | None:
     if exc is None:
         return None
     reason = unavailable_reason(exc)
+    if reason == "pool_timeout" and _connects_failed(database):
+        return "cannot_connect"  # no connection to wait for: the pool cannot open one
     if reason in ("pool_timeout", "queue_full", "pool_closed"):
         return reason
     if reason == "connection_lost" or isinstance(exc, psycopg.Error):
@@ -112,6 +116,14 @@ async def _until_up(database: "DatabasePool") -> None:
             database.down = False
             logger.warning("pool %r serves again (%s)", database.settings.name, database.target())
             return
+
+
+def _connects_failed(database: "DatabasePool") -> bool:
+    """Whether connection attempts failed since the last health check asked."""
+    errors = int(database.pool.get_stats().get("connections_errors", 0))
+    failed = errors > database.health_errors_seen
+    database.health_errors_seen = errors
+    return failed
 
 
 def connect_failing(database: "DatabasePool") -> bool:

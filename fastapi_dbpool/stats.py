@@ -95,7 +95,8 @@ class PoolHealth(BaseModel):
         None,
         description="Why the pool is unavailable: timeout (no answer within "
         "DBPOOL_HEALTH_TIMEOUT), pool_timeout (every connection busy), queue_full, pool_closed, "
-        "unreachable (cannot connect, or the connection was lost), not_serving (a replica "
+        "unreachable (the connection was lost), cannot_connect (new connections fail: server down, "
+        "password refused), not_serving (a replica "
         "that reads skip until it answers).",
     )
     latency_ms: float | None = Field(None, description="Round trip of the check query.")

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from fastapi_dbpool import ConnDep, PoolSettings, create_pool_lifespan, pool_router
-from fastapi_dbpool.testing import DatabaseServer
+from fastapi_dbpool.testing import DatabaseServer, Observer
 from tests.faults.proxy import fault_proxy
 from tests.faults.test_cancellation import row_exists
 
@@ -77,7 +77,10 @@ def test_health_answers_within_its_timeout_when_the_path_freezes(
 
 
 def test_a_request_waiting_on_a_frozen_path_answers_504_at_its_deadline(
-    database_server: DatabaseServer, fault_table: None, unique_app_name: str
+    database_server: DatabaseServer,
+    fault_table: None,
+    unique_app_name: str,
+    observer: Observer,
 ) -> None:
     with fault_proxy(database_server.url) as proxy:
         app = proxied_app(proxy.url, unique_app_name, deadline=1.0, timeout=5.0)
@@ -97,3 +100,6 @@ def test_a_request_waiting_on_a_frozen_path_answers_504_at_its_deadline(
             assert elapsed < 1.0 + 1.0
             assert not row_exists(database_server.url, item)
             assert client.post(f"/items/{secrets.randbelow(2**62)}").status_code == 200
+            # The cut connection's backend learns of it once the path is back (the FIN was
+            # queued): the server holds no more than max_size backends for this app.
+            assert observer.wait_for_count(unique_app_name, 2, timeout=3.0) <= 2

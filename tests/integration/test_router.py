@@ -1,8 +1,10 @@
 """/health/db and /pool/stats: in time, truthful, protectable, and never revealing."""
 
+import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from fastapi import Depends, FastAPI, Header, HTTPException
@@ -130,3 +132,29 @@ def test_health_reason_says_the_pool_was_busy_not_unreachable(
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "reason": "pool_timeout"}
     assert elapsed < 0.5 + 1.0
+
+
+def test_health_says_cannot_connect_when_the_password_is_refused(
+    make_settings: SettingsFactory,
+    client_for: ClientFor,
+    database_server: DatabaseServer,
+    observer: Observer,
+    unique_app_name: str,
+) -> None:
+    role, password = f"t_health_{secrets.token_hex(4)}", secrets.token_hex(12)
+    observer.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    try:
+        parts = urlsplit(database_server.url)
+        url = urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
+        settings = make_settings(url=url, min_size=1, max_size=1, health_timeout=1.0)
+        client = client_for(build_app(settings))
+        assert client.get("/health/db").status_code == 200
+        observer.execute(f"ALTER ROLE {role} PASSWORD '{secrets.token_hex(12)}'")  # rotated
+        observer.terminate(unique_app_name)
+        observer.wait_for_count(unique_app_name, 0)
+        response = client.get("/health/db")
+        assert response.status_code == 503
+        assert response.json() == {"status": "unavailable", "reason": "cannot_connect"}
+    finally:
+        observer.terminate(unique_app_name)
+        observer.execute(f"DROP ROLE IF EXISTS {role}")
