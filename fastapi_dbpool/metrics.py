@@ -6,6 +6,7 @@ scrape: nothing global, nothing on the request path.
 
 from collections.abc import Iterator, Sequence
 
+from fastapi_dbpool.advice import advice_of
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.summary import connections_in_use
 
@@ -108,6 +109,24 @@ if available:
             yield serving
             yield fallbacks
             yield unavailable
+            saturated = GaugeMetricFamily(
+                "dbpool_saturated",
+                "1 while the sizing advice says saturated (see /pool/stats advice).",
+                labels=["pool"],
+            )
+            needed = GaugeMetricFamily(
+                "dbpool_connections_needed",
+                "Connections the recent load would keep busy had nobody waited (Little's law).",
+                labels=["pool"],
+            )
+            for database, name, _ in pools:
+                advice = advice_of(database)
+                if advice is not None:
+                    saturated.add_metric([name], 1 if advice.verdict == "saturated" else 0)
+                    needed.add_metric([name], advice.figures["connections_needed"])
+            if saturated.samples:
+                yield saturated
+                yield needed
             for metric, doc, attribute in (
                 ("dbpool_acquire_wait_seconds", "Time requests waited for a connection.", "wait"),
                 ("dbpool_hold_seconds", "Time requests held their connection.", "hold"),

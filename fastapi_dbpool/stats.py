@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
-from fastapi_dbpool.advice import Advice, advise
+from fastapi_dbpool.advice import Advice, advice_of
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.health import HealthReason
 from fastapi_dbpool.pools import Databases
@@ -127,16 +127,7 @@ def snapshot(database: DatabasePool) -> PoolStats:
         timings = database.recorder.snapshot()
         # get_conn's checkouts use getconn/putconn, which psycopg-pool does not time.
         counters.usage_ms += int(database.recorder.hold.sum_ms)
-    advice = None
-    if timings is not None:
-        advice = advise(
-            min_size=database.settings.min_size,
-            max_size=database.settings.max_size,
-            timings=timings,
-            shed=database.unavailable["pool_timeout"] + database.unavailable["queue_full"],
-            timeout=database.settings.timeout,
-            variable=database.settings.env_var,
-        )
+    advice = advice_of(database, timings) if timings is not None else None
     return PoolStats(
         name=database.settings.name,
         status="closed" if database.pool.closed else "open",

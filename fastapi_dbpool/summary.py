@@ -5,6 +5,8 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from fastapi_dbpool.advice import advice_of
+
 if TYPE_CHECKING:
     from fastapi_dbpool.database import DatabasePool
 
@@ -31,6 +33,11 @@ def summary(database: "DatabasePool") -> str:
     if recorder is not None:
         parts.append(f"wait_p95_ms={recorder.wait.window().p95}")
         parts.append(f"hold_p95_ms={recorder.hold.window().p95}")
+        advice = advice_of(database)
+        if advice is not None:
+            parts.append(f"advice={advice.verdict}")
+            parts.append(f"waited={advice.figures['waited_share']:.0%}")
+            parts.append(f"needed={advice.figures['connections_needed']:g}")
     return " ".join(parts)
 
 

@@ -31,6 +31,7 @@ class Percentiles(BaseModel):
     """Milliseconds: p50, p95, p99 and max of a set of durations."""
 
     count: int = 0
+    mean: float = 0.0
     p50: float = 0.0
     p95: float = 0.0
     p99: float = 0.0
@@ -94,6 +95,7 @@ class Distribution:
             return Percentiles()
         return Percentiles(
             count=len(values),
+            mean=round(sum(values) / len(values), 3),
             p50=_exact(values, 0.50),
             p95=_exact(values, 0.95),
             p99=_exact(values, 0.99),
@@ -106,6 +108,7 @@ class Distribution:
             return Percentiles()
         return Percentiles(
             count=self._count,
+            mean=round(self._sum_ms / self._count, 3),
             p50=self._bucketed(0.50),
             p95=self._bucketed(0.95),
             p99=self._bucketed(0.99),
@@ -140,6 +143,9 @@ class Timings(BaseModel):
     max_in_use: int = Field(description="Most connections lent to requests at once.")
     max_waiting: int = Field(description="Most requests waiting for a connection at once.")
     slow_holders: int = Field(description="Checkouts held longer than DBPOOL_LEAK_THRESHOLD.")
+    checkouts_per_second: float = Field(
+        0.0, description=f"Checkouts per second over the last {WINDOW} (or fewer) checkouts."
+    )
 
 
 class Recorder:
@@ -166,6 +172,7 @@ class Recorder:
         self._leak_variable = leak_variable
         self._last_token = 0
         self._holdings: dict[int, tuple[float, object]] = {}  # token: (since, route)
+        self._acquired_at: deque[float] = deque(maxlen=WINDOW)  # for the checkout rate
         self._reported: set[int] = set()
 
     def wait_started(self) -> float:
@@ -187,6 +194,7 @@ class Recorder:
             self.max_in_use = in_use
         token = self._last_token = self._last_token + 1
         self._holdings[token] = (now, route)
+        self._acquired_at.append(now)
         return token
 
     def not_acquired(self, started: float) -> None:
@@ -239,7 +247,14 @@ class Recorder:
             max_in_use=self.max_in_use,
             max_waiting=self.max_waiting,
             slow_holders=self.slow_holders,
+            checkouts_per_second=self._rate(),
         )
+
+    def _rate(self) -> float:
+        times = self._acquired_at
+        if len(times) < 2 or times[-1] <= times[0]:
+            return 0.0
+        return round((len(times) - 1) / (times[-1] - times[0]), 1)
 
 
 def route_label(route: object) -> str:

@@ -110,3 +110,23 @@ def test_periodic_summary_line_has_no_secrets(
     assert "total=" in lines[-1] and "wait_p95_ms=" in lines[-1] and "unavailable=0" in lines[-1]
     if database_server.password:
         assert database_server.password not in caplog.text
+
+
+def test_advice_says_saturated_for_a_queue_that_sheds_nothing(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    # A timeout long enough that nobody is shed, and that the old rule (p95 wait above a tenth
+    # of DBPOOL_TIMEOUT) would not fire: only the queue says it.
+    client = client_for(build_app(make_settings(min_size=1, max_size=1, timeout=20.0)))
+    with ThreadPoolExecutor(4) as executor:
+        statuses = list(
+            executor.map(
+                lambda _: client.get("/sleep", params={"seconds": 0.2}).status_code, range(8)
+            )
+        )
+    assert statuses == [200] * 8
+    advice = client.get("/pool/stats").json()["advice"]
+    assert advice["verdict"] == "saturated", advice
+    assert advice["figures"]["shed_503"] == 0
+    assert advice["figures"]["waited_share"] >= 0.5
+    assert advice["figures"]["connections_needed"] > 1

@@ -2,7 +2,15 @@
 
 import pytest
 
-from fastapi_dbpool.timings import WINDOW, Distribution, Recorder
+from fastapi_dbpool.advice import advise
+from fastapi_dbpool.timings import (
+    WINDOW,
+    Distribution,
+    DistributionStats,
+    Percentiles,
+    Recorder,
+    Timings,
+)
 
 
 def test_window_percentiles_are_exact() -> None:
@@ -49,3 +57,41 @@ def test_releasing_a_token_the_recorder_never_issued_counts_nothing() -> None:
     recorder.released(token)
     assert recorder.in_use == 0
     assert recorder.snapshot().hold_ms.window.count == 1
+
+
+def stats_of(p95: float, mean: float) -> DistributionStats:
+    window = Percentiles(count=1024, mean=mean, p50=mean, p95=p95, p99=p95, max=p95)
+    return DistributionStats(window=window, since_start=window)
+
+
+def test_advice_sees_a_queue_that_sheds_nothing() -> None:
+    # The load run: 99.6 % of checkouts queued, p95 wait 221 ms over a p95 hold of 96 ms,
+    # every connection in use, no 503: that is saturation, not "ok".
+    timings = Timings(
+        acquire_wait_ms=stats_of(p95=221, mean=150),
+        hold_ms=stats_of(p95=96, mean=60),
+        max_in_use=10,
+        max_waiting=54,
+        slow_holders=0,
+        checkouts_per_second=300.0,
+    )
+    advice = advise(
+        min_size=2, max_size=10, timings=timings, shed=0, timeout=5.0, waited_share=0.996
+    )
+    assert advice.verdict == "saturated"
+    assert advice.figures["connections_needed"] == 63  # 300/s x (150 + 60) ms, Little's law
+    assert "about 63 connections" in advice.message
+    assert "100% of checkouts waited" in advice.message
+
+
+def test_advice_is_ok_when_waits_are_short_against_holds() -> None:
+    timings = Timings(
+        acquire_wait_ms=stats_of(p95=8, mean=3),
+        hold_ms=stats_of(p95=300, mean=250),
+        max_in_use=2,
+        max_waiting=1,
+        slow_holders=0,
+        checkouts_per_second=4.0,
+    )
+    advice = advise(min_size=1, max_size=2, timings=timings, shed=0, timeout=5.0, waited_share=0.5)
+    assert advice.verdict == "ok"
