@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fastapi_dbpool import _url
 from fastapi_dbpool._redact import passwords_in, redact
+from fastapi_dbpool.rows import FACTORIES, RowFactoryName
 
 ENV_PREFIX = "DBPOOL_"
 
@@ -150,6 +151,12 @@ class PoolSettings(BaseSettings):
         ge=0,
         description="Executions before psycopg prepares a statement server-side; "
         "unset (empty) disables prepared statements (needed behind PgBouncer transaction mode).",
+    )
+    row_factory: RowFactoryName | Callable[..., Any] = Field(
+        "tuple",
+        description="Rows of every connection the pool lends: tuple (psycopg's default), dict, "
+        "namedtuple, or record (by position and by column name, like asyncpg's Record); from "
+        "code, any psycopg row factory.",
     )
     pgbouncer: bool = Field(
         False,
@@ -404,6 +411,9 @@ class PoolSettings(BaseSettings):
             # statement prepared on one does not exist (or already exists) on another.
             "prepare_threshold": None if self.pgbouncer else self.prepare_threshold,
         }
+        if self.row_factory != "tuple":
+            factory = self.row_factory
+            kwargs["row_factory"] = FACTORIES[factory] if isinstance(factory, str) else factory
         if self.tcp_user_timeout is not None:
             kwargs["tcp_user_timeout"] = _ms(self.tcp_user_timeout)
         for field in _URL_PARAMETERS:  # the URL's own value wins over a default (_url_agrees)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.rows import tuple_row
 from psycopg_pool import PoolTimeout
 
 from fastapi_dbpool.errors import PoolStartupError
@@ -106,7 +107,8 @@ async def _log_budget(database: "DatabasePool") -> None:
     settings = database.settings
     try:
         async with database.pool.connection(timeout=settings.health_timeout) as conn:
-            cur = await conn.execute(_BUDGET_QUERY)
+            cur = conn.cursor(row_factory=tuple_row)  # whatever DBPOOL_ROW_FACTORY says
+            await cur.execute(_BUDGET_QUERY)
             row = await cur.fetchone()
     except Exception as exc:  # a budget line is advice: never fail startup over it
         logger.debug("could not read max_connections: %s", database.redact(str(exc)))

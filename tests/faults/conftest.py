@@ -78,6 +78,7 @@ class Outcome:
     started: float
     elapsed: float
     status: int  # 0: no HTTP answer (transport error)
+    detail: str = ""  # the body's detail, for a 500
 
 
 class LoadLoop:
@@ -106,13 +107,17 @@ class LoadLoop:
         with httpx2.Client(timeout=T + 10) as client:
             while not self._stop.is_set():
                 started = time.monotonic()
+                detail = ""
                 try:
-                    status = client.get(self._url).status_code
+                    response = client.get(self._url)
+                    status = response.status_code
+                    if status == 500:
+                        detail = str(response.json().get("detail", ""))
                 except httpx2.TransportError:
                     status = 0
                 with self._lock:
                     self.outcomes.append(
-                        Outcome(started - self.t0, time.monotonic() - started, status)
+                        Outcome(started - self.t0, time.monotonic() - started, status, detail)
                     )
                 self._stop.wait(self._pause)
 

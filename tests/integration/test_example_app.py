@@ -183,6 +183,7 @@ def test_creating_the_app_reads_no_settings_and_connects_to_nothing(
         "/users",
         "/users/{user_id}",
         "/health/db",
+        "/health/ready",
         "/pool/stats",
         "/pool/metrics",
     }

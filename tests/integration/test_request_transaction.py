@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import psycopg
+import psycopg.rows
 import pytest
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.testclient import TestClient
@@ -393,3 +394,52 @@ def test_a_session_set_reaches_the_next_request_unless_reset_session(
     after = client.get("/show").json()
     assert after["pid"] == pid  # the same backend, so only a reset can have undone it
     assert after["statement_timeout"] == seen
+
+
+# --- a row factory per pool ----------------------------------------------------------------
+
+
+def rows_app(settings_factory: SettingsFactory, row_factory: str) -> FastAPI:
+    settings = settings_factory(min_size=1, max_size=1, row_factory=row_factory)
+    app = FastAPI(lifespan=create_pool_lifespan(settings))
+
+    @app.get("/one")
+    async def one(conn: ConnDep) -> Any:
+        cur = await conn.execute("SELECT 1 AS id, 'Ada' AS name")
+        return await cur.fetchone()  # returned as the pool's rows are
+
+    @app.get("/both")
+    async def both(conn: ReadConnDep) -> dict[str, Any]:
+        cur = await conn.execute("SELECT 1 AS id, 'Ada' AS name")
+        record = await cur.fetchone()
+        assert record is not None
+        return {"by_position": record[1], "by_name": record["name"], "as_dict": dict(record)}
+
+    @app.get("/tuples")
+    async def tuples(conn: ConnDep) -> Any:
+        conn.row_factory = psycopg.rows.tuple_row  # this request only
+        cur = await conn.execute("SELECT 1 AS id, 'Ada' AS name")
+        return await cur.fetchone()
+
+    return app
+
+
+def test_the_pools_row_factory_reaches_every_connection_and_comes_back(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    dicts = client_for(rows_app(make_settings, "dict"))
+    assert dicts.get("/one").json() == {"id": 1, "name": "Ada"}  # the README's object
+    assert dicts.get("/tuples").json() == [1, "Ada"]
+    assert dicts.get("/one").json() == {"id": 1, "name": "Ada"}  # back to the pool's
+
+
+def test_record_rows_port_asyncpg_row_access(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    records = client_for(rows_app(make_settings, "record"))
+    assert records.get("/both").json() == {
+        "by_position": "Ada",
+        "by_name": "Ada",
+        "as_dict": {"id": 1, "name": "Ada"},
+    }
+    assert records.get("/one").json() == [1, "Ada"]  # a tuple to JSON, as psycopg's rows
