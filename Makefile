@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench docs clean
+.PHONY: install run test test-floor lint bench docs clean
 
 install: $(STAMP)
 
@@ -20,6 +20,13 @@ run: install  ## serve the example app on 127.0.0.1:8000 (embedded PostgreSQL un
 
 test: install  ## everything CI runs
 	$(BIN)/python -m pytest
+
+FLOOR := .venv-floor
+test-floor:  ## unit and integration tests on the lowest versions pyproject.toml allows
+	$(PYTHON) -m venv $(FLOOR)
+	$(FLOOR)/bin/python -m pip install --quiet --disable-pip-version-check uv
+	$(FLOOR)/bin/uv pip install --quiet --python $(FLOOR)/bin/python --resolution lowest-direct -e ".[dev]"
+	$(FLOOR)/bin/python -m pytest -q tests/unit tests/integration -p no:cacheprovider
 
 lint: install  ## ruff + mypy --strict
 	$(BIN)/ruff check .
@@ -38,4 +45,4 @@ docs: install  ## regenerate the settings tables in README.md and docs/configura
 	$(BIN)/python -m fastapi_dbpool._docs --write README.md docs/configuration.md
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) $(FLOOR) .mypy_cache .ruff_cache .pytest_cache *.egg-info
