@@ -164,13 +164,15 @@ def _writes_to_default(request: HTTPConnection, databases: Databases) -> bool:
     key = id(route)
     known = cache.get(key)
     if known is None or known[0] is not route:
-        known = cache[key] = (route, _depends_on(dependant, get_conn))
+        named = _conn_dependency(databases.default.settings.name, False)
+        known = cache[key] = (route, _depends_on(dependant, (get_conn, named)))
     return known[1]
 
 
-def _depends_on(dependant: Any, call: Callable[..., Any]) -> bool:
+def _depends_on(dependant: Any, calls: tuple[Callable[..., Any], ...]) -> bool:
     return any(
-        sub.call is call or _depends_on(sub, call) for sub in getattr(dependant, "dependencies", ())
+        sub.call in calls or _depends_on(sub, calls)
+        for sub in getattr(dependant, "dependencies", ())
     )
 
 

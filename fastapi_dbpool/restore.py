@@ -33,6 +33,7 @@ class Baseline:
         "adapters",
         "autocommit",
         "deferrable",
+        "handlers",
         "idle_since",
         "isolation_level",
         "read_only",
@@ -50,6 +51,7 @@ class Baseline:
         # loader on it marks it as its own, and a fresh child replaces it on return.
         self.adapters = conn.adapters
         _lend_adapters(conn, self.adapters)
+        self.handlers = _handler_counts(conn)
 
     async def restore(self, conn: Conn) -> None:
         """Put back whatever differs from the baseline (the connection must be idle)."""
@@ -75,6 +77,8 @@ class Baseline:
             await conn.set_deferrable(self.deferrable)
         if _changed(conn, self.adapters):
             _lend_adapters(conn, self.adapters)
+        if _handler_counts(conn) != self.handlers:
+            _drop_added_handlers(conn, self.handlers)
 
 
 def _lend_adapters(conn: Conn, template: AdaptersMap) -> None:
@@ -107,3 +111,20 @@ def _changed(conn: Conn, template: AdaptersMap) -> bool:
         )
     except (AttributeError, KeyError, IndexError):  # other internals: replace it, to be safe
         return True
+
+
+def _handler_counts(conn: Conn) -> tuple[int, int]:
+    """How many notice and notify handlers the connection has (add_notice_handler, ...)."""
+    try:
+        return len(conn._notice_handlers), len(conn._notify_handlers)
+    except AttributeError:  # another psycopg's internals: nothing to compare
+        return (0, 0)
+
+
+def _drop_added_handlers(conn: Conn, counts: tuple[int, int]) -> None:
+    """Remove the handlers a borrower added, keeping the pool's own."""
+    try:
+        del conn._notice_handlers[counts[0] :]
+        del conn._notify_handlers[counts[1] :]
+    except AttributeError:
+        pass

@@ -179,6 +179,9 @@ def test_explicit_commit_or_rollback_in_a_handler_is_refused_and_keeps_nothing(
 # --- what a handler sets on the connection does not reach the next request -----------------
 
 
+NOTICES: list[Any] = []
+
+
 class ShoutingText(Loader):
     def load(self, data: Any) -> str:
         return bytes(data).decode().upper()
@@ -194,6 +197,7 @@ def state_app(settings_factory: SettingsFactory) -> FastAPI:
         conn.prepare_threshold = 0
         conn.prepared_max = 7
         conn.adapters.register_loader("text", ShoutingText)
+        conn.add_notice_handler(NOTICES.append)
         await conn.set_isolation_level(IsolationLevel.SERIALIZABLE)
         await conn.set_read_only(True)
         await conn.set_deferrable(True)
@@ -205,6 +209,7 @@ def state_app(settings_factory: SettingsFactory) -> FastAPI:
         return {"pid": conn.info.backend_pid}
 
     async def describe(conn: Conn) -> dict[str, Any]:
+        await conn.execute("DO $$ BEGIN RAISE NOTICE 'to no one'; END $$")  # a handler's test
         cur = await conn.execute("SELECT 'plain' AS word")
         row = await cur.fetchone()
         return {
@@ -231,6 +236,7 @@ def state_app(settings_factory: SettingsFactory) -> FastAPI:
 def test_attributes_a_handler_sets_are_restored_when_the_connection_returns(
     make_settings: SettingsFactory, client_for: ClientFor
 ) -> None:
+    NOTICES.clear()
     client = client_for(state_app(make_settings))
     before = client.get("/write").json()
     changed = client.post("/change")
@@ -245,6 +251,7 @@ def test_attributes_a_handler_sets_are_restored_when_the_connection_returns(
         assert after["read_only"] is None
         assert after["deferrable"] is None
         assert after["autocommit"] is autocommit
+    assert NOTICES == []  # the notice handler /change added did not outlive its request
 
 
 # --- one connection per request -------------------------------------------------------------

@@ -142,3 +142,29 @@ def test_a_named_pools_advice_and_messages_name_its_own_variables() -> None:
     assert advice.verdict == "saturated"
     assert "DBPOOL_REPLICA_MAX_SIZE" in advice.message
     assert "DBPOOL_MAX_SIZE" not in advice.message
+
+
+def test_a_route_writing_through_the_default_pool_by_name_reads_from_the_primary() -> None:
+    from fastapi import Depends, FastAPI
+    from starlette.requests import Request
+
+    from fastapi_dbpool import ReadConnDep
+    from fastapi_dbpool.database import DatabasePool
+    from fastapi_dbpool.dependencies import _writes_to_default
+
+    app = FastAPI()
+
+    @app.post("/by-name")
+    async def by_name(read: ReadConnDep, conn: object = Depends(get_conn_for("primary"))) -> None:
+        """get_conn_for the default pool's name is get_conn."""
+
+    @app.get("/read-only")
+    async def read_only(read: ReadConnDep) -> None:
+        """Reads alone may go to a replica."""
+
+    settings = PoolSettings(url="postgresql://app@localhost/app", name="primary")
+    databases = Databases([DatabasePool(settings)])
+    routes = {getattr(route, "path", ""): route for route in app.routes}
+    for path, writes in (("/by-name", True), ("/read-only", False)):
+        request = Request({"type": "http", "route": routes[path], "app": app, "headers": []})
+        assert _writes_to_default(request, databases) is writes
