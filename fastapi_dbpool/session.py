@@ -13,7 +13,7 @@ error passes unchanged, after the rollback. This module knows nothing of replica
 
 import logging
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from anyio import CancelScope
@@ -168,6 +168,14 @@ class _Session:
     async def _end(self, lease: Lease, exc: BaseException | None) -> None:
         raise NotImplementedError
 
+    async def _give_up(self, lease: Lease, exc: BaseException) -> NoReturn:
+        """__aenter__ failed after joining: leave the lease, answer for exc (503 and such)."""
+        with CancelScope(shield=True):
+            await _leave(lease)
+        if isinstance(exc, Exception):
+            reraise(self.database, exc, lease.conn)
+        raise exc
+
 
 class Transaction(_Session):
     """The session of transaction(): it owns the request's transaction unless another
@@ -189,11 +197,7 @@ class Transaction(_Session):
             else:
                 await lease.begin()  # a plain AsyncConnection cannot defer it: BEGIN now
         except BaseException as exc:
-            with CancelScope(shield=True):
-                await _leave(lease)
-            if isinstance(exc, Exception):
-                reraise(self.database, exc, conn)
-            raise
+            await self._give_up(lease, exc)
         lease.transactional = True
         return conn
 
@@ -220,11 +224,7 @@ class Autocommit(_Session):
             try:
                 await conn.set_autocommit(True)
             except BaseException as exc:
-                with CancelScope(shield=True):
-                    await _leave(lease)
-                if isinstance(exc, Exception):
-                    reraise(self.database, exc, conn)
-                raise
+                await self._give_up(lease, exc)
         return conn
 
     async def _end(self, lease: Lease, exc: BaseException | None) -> None:
