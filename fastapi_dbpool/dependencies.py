@@ -25,6 +25,7 @@ from starlette.requests import HTTPConnection
 
 from fastapi_dbpool._state import database_of, databases_of, named_pool
 from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.options import Isolation, TransactionOptions
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.session import Leases, autocommit, transaction
 
@@ -127,6 +128,39 @@ def _conn_dependency(name: str, read: bool) -> ConnDependency:
         return await _before_response(request).enter_async_context(session)
 
     dependency.__name__ = dependency.__qualname__ = f"get_conn_for_{name}"
+    return dependency
+
+
+def get_conn_with(
+    *,
+    isolation: Isolation | None = None,
+    read_only: bool | None = None,
+    deferrable: bool | None = None,
+    statement_timeout: float | None = None,
+    lock_timeout: float | None = None,
+    pool: str | None = None,
+) -> ConnDependency:
+    """get_conn with options for this route's transaction, e.g.
+    ``Depends(get_conn_with(read_only=True, statement_timeout=2.0))``.
+
+    isolation: "read committed", "repeatable read" or "serializable"; read_only and deferrable
+    as in SET TRANSACTION; statement_timeout and lock_timeout in seconds. Every option ends
+    with the transaction (nothing reaches the next request on the same connection) and works
+    behind PgBouncer. pool: a named pool instead of the default one. One dependency per set of
+    options, so an Annotated alias of it can be overridden in tests like get_conn.
+    """
+    options = TransactionOptions(isolation, read_only, deferrable, statement_timeout, lock_timeout)
+    return _conn_with(options, pool)
+
+
+@functools.cache
+def _conn_with(options: TransactionOptions, pool: str | None) -> ConnDependency:
+    async def dependency(request: HTTPConnection) -> Conn:
+        database = database_of(request) if pool is None else named_pool(request, pool)
+        session = transaction(database, request.scope, leases=_leases(request), options=options)
+        return await _before_response(request).enter_async_context(session)
+
+    dependency.__name__ = dependency.__qualname__ = "get_conn_with"
     return dependency
 
 

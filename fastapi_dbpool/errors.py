@@ -68,6 +68,28 @@ class DeadlineExceeded(HTTPException):
         )
 
 
+class ReadOnlyViolation(HTTPException):
+    """500: a route declared read only (get_conn_with(read_only=True)) tried to write."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            status_code=500,
+            detail="this route's transaction is read only (get_conn_with(read_only=True)) and "
+            "a statement tried to write; the transaction was rolled back",
+        )
+
+
+class LockTimeout(HTTPException):
+    """504: a lock was not granted within the route's lock_timeout."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            status_code=504,
+            detail="a database lock was not granted within lock_timeout; the transaction was "
+            "rolled back",
+        )
+
+
 class CommitFailed(HTTPException):
     """500: the endpoint returned but its transaction could not be committed."""
 
@@ -148,6 +170,10 @@ def translate(
     """The HTTP answer for a pool or connection error; other errors pass unchanged."""
     if isinstance(exc, pg_errors.QueryCanceled):
         return QueryTimeout()
+    if isinstance(exc, pg_errors.LockNotAvailable):
+        return LockTimeout()
+    if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
+        return ReadOnlyViolation()
     if conn is not None and conn in database.cut:
         logger.warning(
             "answering 504: pool %r cut a connection past its deadline (%s s)",

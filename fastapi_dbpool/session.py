@@ -29,6 +29,7 @@ from fastapi_dbpool.errors import (
     reraise,
     translate,
 )
+from fastapi_dbpool.options import TransactionOptions
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -97,14 +98,18 @@ def transaction(
     timeout: float | None = None,
     *,
     leases: Leases | None = None,
+    options: TransactionOptions | None = None,
 ) -> "Transaction":
     """A pooled connection in a transaction: commit when the block ends, roll back if it raises.
 
     For lifespans and background work too: ``async with transaction(app.state.dbpool) as
     conn``. ``conn.transaction()`` inside is a savepoint of it, even as the first statement;
-    ``conn.commit()`` and ``conn.rollback()`` inside are refused.
+    ``conn.commit()`` and ``conn.rollback()`` inside are refused. options: isolation, read
+    only, timeouts for this transaction only (see fastapi_dbpool.options).
     """
-    return Transaction(database, route, timeout, leases)
+    session = Transaction(database, route, timeout, leases)
+    session.options = options
+    return session
 
 
 def autocommit(
@@ -177,21 +182,35 @@ class _Session:
         raise exc
 
 
+_JOINED_WITH_OPTIONS = (
+    "this request already runs a transaction on this pool (another get_conn dependency came "
+    "first), so get_conn_with's options cannot apply: give the route one transaction "
+    "dependency per pool"
+)
+
+
 class Transaction(_Session):
     """The session of transaction(): it owns the request's transaction unless another
     session of the request already does."""
 
-    __slots__ = ("joined",)
+    __slots__ = ("joined", "options")
+
+    joined: bool
+    options: TransactionOptions | None
 
     async def __aenter__(self) -> Conn:
         lease = await self._join()
         conn = lease.conn
         self.joined = lease.transactional  # another session of this request runs it
         if self.joined:
+            if self.options:
+                await self._give_up(lease, RuntimeError(_JOINED_WITH_OPTIONS))
             return conn
         try:
             if conn.autocommit:  # a read session of this request lent it first
                 await conn.set_autocommit(False)
+            if self.options:
+                await self.options.apply(conn)  # before BEGIN: psycopg puts them in it
             if isinstance(conn, PooledConnection):
                 conn.owner = lease  # BEGIN comes with the first statement, or the first block
             else:

@@ -15,6 +15,7 @@ from fastapi_dbpool.testing import DatabaseServer
 from tests.integration.conftest import build_app
 from tests.integration.test_request_transaction import kept as was_kept
 from tests.integration.test_request_transaction import writes_app
+from tests.integration.test_transaction_options import options_app
 
 pytestmark = pytest.mark.slow
 
@@ -110,3 +111,17 @@ def test_one_transaction_per_request_behind_pgbouncer(
         assert failed.status_code == 409
     assert all(was_kept(database_server.url, kept, shape))
     assert not any(was_kept(database_server.url, dropped, shape))
+
+
+def test_route_options_hold_and_leave_nothing_behind_pgbouncer(
+    pgbouncer_url: str, unique_app_name: str, database_server: DatabaseServer
+) -> None:
+    def factory(**overrides: object) -> PoolSettings:
+        return settings_for(pgbouncer_url, unique_app_name, pgbouncer=True, min_size=1)
+
+    with TestClient(options_app(factory)) as client:
+        for _ in range(5):
+            inside = client.get("/report").json()
+            assert inside[:5] == ["serializable", "on", "on", "2500ms", "500ms"]
+            # Whichever server connection PgBouncer gives next: nothing of the options left.
+            assert client.get("/plain").json()[:5] == ["read committed", "off", "off", "0", "0"]

@@ -1,0 +1,105 @@
+"""get_conn_with: per-route transaction options, visible inside, gone on the next request."""
+
+import secrets
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import pytest
+from fastapi import Depends, FastAPI
+from fastapi.testclient import TestClient
+from psycopg import AsyncConnection
+
+from fastapi_dbpool import ConnDep, create_pool_lifespan, get_conn_with
+from fastapi_dbpool.options import TransactionOptions
+from fastapi_dbpool.testing import DatabaseServer
+
+from .conftest import SettingsFactory, row_exists
+
+ClientFor = Callable[[FastAPI], TestClient]
+Conn = AsyncConnection[Any]
+ReportConn = Annotated[
+    Conn,
+    Depends(
+        get_conn_with(
+            isolation="serializable",
+            read_only=True,
+            deferrable=True,
+            statement_timeout=2.5,
+            lock_timeout=0.5,
+        )
+    ),
+]
+QuickConn = Annotated[Conn, Depends(get_conn_with(statement_timeout=0.2))]
+
+SHOW = """
+    SELECT current_setting('transaction_isolation'), current_setting('transaction_read_only'),
+           current_setting('transaction_deferrable'), current_setting('statement_timeout'),
+           current_setting('lock_timeout'), pg_backend_pid()
+"""
+
+
+async def settings_of(conn: Conn) -> list[Any]:
+    cur = await conn.execute(SHOW)
+    row = await cur.fetchone()
+    return list(row) if row else []
+
+
+def options_app(settings_factory: SettingsFactory) -> FastAPI:
+    app = FastAPI(lifespan=create_pool_lifespan(settings_factory(min_size=1, max_size=1)))
+
+    @app.get("/report")
+    async def report(conn: ReportConn) -> list[Any]:
+        return await settings_of(conn)
+
+    @app.get("/plain")
+    async def plain(conn: ConnDep) -> list[Any]:
+        return await settings_of(conn)
+
+    @app.post("/report/{item}")
+    async def write_in_report(item: int, conn: ReportConn) -> None:
+        await conn.execute("INSERT INTO items (id, note) VALUES (%s, 'read only?')", (item,))
+
+    @app.get("/quick")
+    async def quick(conn: QuickConn) -> None:
+        await conn.execute("SELECT pg_sleep(2)")
+
+    return app
+
+
+def test_each_option_holds_inside_and_is_gone_on_the_next_request(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    client = client_for(options_app(make_settings))
+    inside = client.get("/report").json()
+    after = client.get("/plain").json()
+    assert inside[:5] == ["serializable", "on", "on", "2500ms", "500ms"]
+    assert after[5] == inside[5]  # the same backend: only the end of the transaction reset it
+    assert after[:5] == ["read committed", "off", "off", "0", "0"]
+
+
+def test_a_write_in_a_read_only_route_is_refused_with_a_clear_500(
+    make_settings: SettingsFactory, client_for: ClientFor, database_server: DatabaseServer
+) -> None:
+    client = client_for(options_app(make_settings))
+    item = secrets.randbelow(2**62)
+    response = client.post(f"/report/{item}")
+    assert response.status_code == 500
+    assert "read only (get_conn_with(read_only=True))" in response.json()["detail"]
+    assert not row_exists(database_server.url, "items", item)
+
+
+def test_a_routes_statement_timeout_answers_504(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    client = client_for(options_app(make_settings))
+    response = client.get("/quick")
+    assert response.status_code == 504
+    assert client.get("/plain").json()[3] == "0"  # the next request has no timeout of it
+
+
+def test_bad_options_fail_when_the_app_is_built() -> None:
+    with pytest.raises(ValueError, match="isolation must be one of"):
+        TransactionOptions(isolation="snapshot")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="statement_timeout must be a positive number"):
+        get_conn_with(statement_timeout=0)
+    assert get_conn_with(read_only=True) is get_conn_with(read_only=True)  # one per options
