@@ -54,6 +54,8 @@ class DatabasePool:
         self.fallbacks = 0  # reads this replica could not take, sent elsewhere
         self.connect_errors_seen = 0  # for read routing (health.connect_failing)
         self.health_errors_seen = 0  # for the health check
+        # Row-level security: (current_user, bypasses) by context role, checked once each.
+        self.bypasses_rls: dict[str | None, tuple[str, bool]] = {}
         self.recorder = (
             Recorder(settings.name, settings.leak_threshold, settings.env_var("leak_threshold"))
             if settings.metrics

@@ -25,7 +25,7 @@ from starlette.requests import HTTPConnection
 
 from fastapi_dbpool._state import database_of, databases_of, named_pool
 from fastapi_dbpool.database import DatabasePool
-from fastapi_dbpool.options import Isolation, TransactionOptions
+from fastapi_dbpool.options import Isolation, SessionContext, TransactionOptions
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.session import Leases, autocommit, transaction
 
@@ -139,6 +139,7 @@ def get_conn_with(
     statement_timeout: float | None = None,
     lock_timeout: float | None = None,
     pool: str | None = None,
+    context: Callable[..., Any] | None = None,
 ) -> ConnDependency:
     """get_conn with options for this route's transaction, e.g.
     ``Depends(get_conn_with(read_only=True, statement_timeout=2.0))``.
@@ -146,19 +147,42 @@ def get_conn_with(
     isolation: "read committed", "repeatable read" or "serializable"; read_only and deferrable
     as in SET TRANSACTION; statement_timeout and lock_timeout in seconds. Every option ends
     with the transaction (nothing reaches the next request on the same connection) and works
-    behind PgBouncer. pool: a named pool instead of the default one. One dependency per set of
-    options, so an Annotated alias of it can be overridden in tests like get_conn.
+    behind PgBouncer. pool: a named pool instead of the default one. context: a dependency of
+    yours returning a SessionContext (a role and settings for row-level security), applied at
+    the start of the transaction. One dependency per set of options, so an Annotated alias of
+    it can be overridden in tests like get_conn.
     """
     options = TransactionOptions(isolation, read_only, deferrable, statement_timeout, lock_timeout)
-    return _conn_with(options, pool)
+    return _conn_with(options, pool, context)
 
 
 @functools.cache
-def _conn_with(options: TransactionOptions, pool: str | None) -> ConnDependency:
-    async def dependency(request: HTTPConnection) -> Conn:
+def _conn_with(
+    options: TransactionOptions, pool: str | None, context: Callable[..., Any] | None
+) -> ConnDependency:
+    async def enter(request: HTTPConnection, session_context: SessionContext | None) -> Conn:
         database = database_of(request) if pool is None else named_pool(request, pool)
-        session = transaction(database, request.scope, leases=_leases(request), options=options)
+        session = transaction(
+            database,
+            request.scope,
+            leases=_leases(request),
+            options=options,
+            context=session_context,
+        )
         return await _before_response(request).enter_async_context(session)
+
+    if context is None:
+
+        async def dependency(request: HTTPConnection) -> Conn:
+            return await enter(request, None)
+
+    else:
+
+        async def dependency(  # type: ignore[misc]
+            request: HTTPConnection,
+            session_context: Annotated[SessionContext | None, Depends(context)],
+        ) -> Conn:
+            return await enter(request, session_context)
 
     dependency.__name__ = dependency.__qualname__ = "get_conn_with"
     return dependency

@@ -7,7 +7,8 @@ deferrable go into psycopg's own ``BEGIN`` (no round trip of their own); the tim
 """
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from psycopg import AsyncConnection, IsolationLevel
@@ -41,8 +42,11 @@ class TransactionOptions:
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
 
-    async def apply(self, conn: AsyncConnection[Any]) -> None:
-        """Set the options on an idle connection, ahead of its transaction."""
+    async def apply(
+        self, conn: AsyncConnection[Any], context: "SessionContext | None" = None
+    ) -> None:
+        """Set the options (and the request's context) on an idle connection, ahead of its
+        transaction: one statement at most."""
         if self.isolation is not None:
             await conn.set_isolation_level(_LEVELS[self.isolation])
         if self.read_only is not None:
@@ -57,6 +61,26 @@ class TransactionOptions:
             )
             if value is not None
         }
+        if context is not None:
+            if context.role is not None:
+                settings["role"] = context.role  # SET LOCAL ROLE, as a parameter
+            settings.update(context.settings)
         if settings:  # transaction-local (is_local = true): gone at COMMIT or ROLLBACK
             calls = ", ".join(f"set_config('{name}', %s, true)" for name in settings)
             await conn.execute(f"SELECT {calls}", list(settings.values()))
+
+
+@dataclass(frozen=True)
+class SessionContext:
+    """Who the request acts as, for row-level security: a role to SET LOCAL, and settings
+    (``app.tenant_id``, ``request.jwt.claims``, ...) set for the transaction only.
+
+    Return one from a dependency of your own (reading the authenticated user) and pass it as
+    ``get_conn_with(context=that_dependency)``; None applies nothing, which row-level policies
+    written default-deny answer with no rows."""
+
+    role: str | None = None
+    settings: Mapping[str, str] = field(default_factory=dict)
+
+
+NO_OPTIONS = TransactionOptions()

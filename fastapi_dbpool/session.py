@@ -19,6 +19,7 @@ import psycopg
 from anyio import CancelScope
 from psycopg import AsyncConnection, AsyncTransaction
 from psycopg.pq import TransactionStatus
+from psycopg.rows import tuple_row
 
 from fastapi_dbpool.connection import PooledConnection
 from fastapi_dbpool.database import DatabasePool
@@ -29,7 +30,7 @@ from fastapi_dbpool.errors import (
     reraise,
     translate,
 )
-from fastapi_dbpool.options import TransactionOptions
+from fastapi_dbpool.options import NO_OPTIONS, SessionContext, TransactionOptions
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -99,6 +100,7 @@ def transaction(
     *,
     leases: Leases | None = None,
     options: TransactionOptions | None = None,
+    context: SessionContext | None = None,
 ) -> "Transaction":
     """A pooled connection in a transaction: commit when the block ends, roll back if it raises.
 
@@ -109,6 +111,7 @@ def transaction(
     """
     session = Transaction(database, route, timeout, leases)
     session.options = options
+    session.context = context
     return session
 
 
@@ -193,24 +196,27 @@ class Transaction(_Session):
     """The session of transaction(): it owns the request's transaction unless another
     session of the request already does."""
 
-    __slots__ = ("joined", "options")
+    __slots__ = ("context", "joined", "options")
 
     joined: bool
     options: TransactionOptions | None
+    context: SessionContext | None
 
     async def __aenter__(self) -> Conn:
         lease = await self._join()
         conn = lease.conn
         self.joined = lease.transactional  # another session of this request runs it
         if self.joined:
-            if self.options:
+            if self.options or self.context:
                 await self._give_up(lease, RuntimeError(_JOINED_WITH_OPTIONS))
             return conn
         try:
             if conn.autocommit:  # a read session of this request lent it first
                 await conn.set_autocommit(False)
-            if self.options:
-                await self.options.apply(conn)  # before BEGIN: psycopg puts them in it
+            if self.options or self.context:  # before BEGIN: psycopg puts them in it
+                await (self.options or NO_OPTIONS).apply(conn, self.context)
+                if self.context is not None:
+                    await _refuse_bypass(self.database, conn, self.context)
             if isinstance(conn, PooledConnection):
                 conn.owner = lease  # BEGIN comes with the first statement, or the first block
             else:
@@ -262,6 +268,29 @@ class Autocommit(_Session):
             )
             await _rollback_quietly(conn)
             raise CommitFailed()
+
+
+async def _refuse_bypass(database: DatabasePool, conn: Conn, context: SessionContext) -> None:
+    """Row-level policies do nothing for a superuser or a BYPASSRLS role: refuse to serve a
+    request context as one (checked once per pool and role)."""
+    known = database.bypasses_rls.get(context.role)
+    if known is None:
+        cur = conn.cursor(row_factory=tuple_row)  # whatever DBPOOL_ROW_FACTORY says
+        await cur.execute(
+            "SELECT current_user, rolsuper OR rolbypassrls FROM pg_roles "
+            "WHERE rolname = current_user"
+        )
+        row = await cur.fetchone()
+        name = str(row[0]) if row else "?"
+        known = database.bypasses_rls[context.role] = (name, bool(row and row[1]))
+    name, bypasses = known
+    if bypasses:
+        raise RuntimeError(
+            f"pool {database.settings.name!r} applies a row-level security context as role "
+            f"{name!r}, which bypasses row-level security (superuser or BYPASSRLS): every "
+            "policy would let everything through. Connect as a role without BYPASSRLS, or set "
+            "SessionContext(role=...) to one"
+        )
 
 
 def _disown(lease: Lease) -> None:

@@ -15,6 +15,10 @@ from fastapi_dbpool.testing import DatabaseServer
 from tests.integration.conftest import build_app
 from tests.integration.test_request_transaction import kept as was_kept
 from tests.integration.test_request_transaction import writes_app
+from tests.integration.test_row_level_security import (
+    notes_table,  # noqa: F401 - a fixture
+    tenants_app,
+)
 from tests.integration.test_transaction_options import options_app
 
 pytestmark = pytest.mark.slow
@@ -125,3 +129,21 @@ def test_route_options_hold_and_leave_nothing_behind_pgbouncer(
             assert inside[:5] == ["serializable", "on", "on", "2500ms", "500ms"]
             # Whichever server connection PgBouncer gives next: nothing of the options left.
             assert client.get("/plain").json()[:5] == ["read committed", "off", "off", "0", "0"]
+
+
+def test_tenants_stay_apart_behind_pgbouncer(
+    pgbouncer_url: str,
+    unique_app_name: str,
+    notes_table: str,  # noqa: F811 - the fixture
+) -> None:
+    def factory(**overrides: object) -> PoolSettings:
+        return settings_for(pgbouncer_url, unique_app_name, pgbouncer=True, min_size=1)
+
+    with TestClient(tenants_app(factory, notes_table)) as client:
+        for round_ in range(3):
+            for tenant in ("a", "b"):
+                headers = {"x-tenant": tenant}
+                assert client.post(f"/notes/{tenant}{round_}", headers=headers).status_code == 200
+        assert client.get("/notes", headers={"x-tenant": "a"}).json()["notes"] == ["a0", "a1", "a2"]
+        assert client.get("/notes", headers={"x-tenant": "b"}).json()["notes"] == ["b0", "b1", "b2"]
+        assert client.get("/notes").json()["notes"] == []

@@ -1,0 +1,105 @@
+"""Row-level security: a request context (role and settings) applied per transaction; two
+tenants interleaved on one connection never see each other's rows, and none sees nothing."""
+
+import secrets
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import psycopg
+import pytest
+from fastapi import Depends, FastAPI, Header
+from fastapi.testclient import TestClient
+from psycopg import AsyncConnection
+
+from fastapi_dbpool import PoolSettings, create_pool_lifespan, get_conn_with
+from fastapi_dbpool.options import SessionContext
+from fastapi_dbpool.testing import DatabaseServer
+
+from .conftest import SettingsFactory
+
+ClientFor = Callable[[FastAPI], TestClient]
+
+
+async def tenant_context(x_tenant: Annotated[str | None, Header()] = None) -> SessionContext | None:
+    """The app's own dependency: here a header, in a real app the authenticated user."""
+    return None if x_tenant is None else SessionContext(settings={"app.tenant_id": x_tenant})
+
+
+TenantConn = Annotated[AsyncConnection[Any], Depends(get_conn_with(context=tenant_context))]
+
+
+@pytest.fixture
+def notes_table(database_server: DatabaseServer) -> str:
+    table = f"notes_{secrets.token_hex(4)}"
+    with psycopg.connect(database_server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (tenant text NOT NULL, body text NOT NULL)")
+        conn.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+        conn.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")  # the owner too
+        # nullif: once a connection has had the setting (even SET LOCAL), PostgreSQL answers
+        # '' rather than NULL for it; without nullif, '' would be a tenant of its own.
+        conn.execute(
+            f"CREATE POLICY tenant_only ON {table} "
+            "USING (tenant = nullif(current_setting('app.tenant_id', true), '')) "
+            "WITH CHECK (tenant = nullif(current_setting('app.tenant_id', true), ''))"
+        )
+    return table
+
+
+def tenants_app(settings_factory: SettingsFactory, table: str) -> FastAPI:
+    app = FastAPI(lifespan=create_pool_lifespan(settings_factory(min_size=1, max_size=1)))
+
+    @app.post("/notes/{body}")
+    async def add(body: str, conn: TenantConn) -> None:
+        await conn.execute(
+            f"INSERT INTO {table} (tenant, body) "
+            "VALUES (coalesce(nullif(current_setting('app.tenant_id', true), ''), 'none'), %s)",
+            (body,),
+        )
+
+    @app.get("/notes")
+    async def notes(conn: TenantConn) -> dict[str, Any]:
+        cur = await conn.execute(f"SELECT body FROM {table} ORDER BY body")
+        rows = await cur.fetchall()
+        return {"pid": conn.info.backend_pid, "notes": [row[0] for row in rows]}
+
+    return app
+
+
+def test_two_tenants_on_one_connection_never_see_each_others_rows(
+    make_settings: SettingsFactory, client_for: ClientFor, notes_table: str
+) -> None:
+    client = client_for(tenants_app(make_settings, notes_table))
+    for round_ in range(3):  # interleaved: A, B, A, B ... on the pool's single connection
+        for tenant in ("a", "b"):
+            added = client.post(f"/notes/{tenant}{round_}", headers={"x-tenant": tenant})
+            assert added.status_code == 200
+    seen_a = client.get("/notes", headers={"x-tenant": "a"}).json()
+    seen_b = client.get("/notes", headers={"x-tenant": "b"}).json()
+    seen_none = client.get("/notes").json()
+    assert seen_a["pid"] == seen_b["pid"] == seen_none["pid"]  # one backend for all of them
+    assert seen_a["notes"] == ["a0", "a1", "a2"]
+    assert seen_b["notes"] == ["b0", "b1", "b2"]
+    assert seen_none["notes"] == []  # no context: the default-deny policy shows nothing
+    refused = client.post("/notes/sneaky")  # no tenant: the policy's check refuses the write
+    assert client.get("/notes").json()["notes"] == []
+    assert refused.status_code == 500
+
+
+def test_a_role_that_bypasses_rls_is_refused(
+    database_server: DatabaseServer, notes_table: str, unique_app_name: str
+) -> None:
+    # The superuser bypasses every policy: a context applied as it would protect nothing.
+    settings = PoolSettings(
+        url=database_server.admin_url, application_name=unique_app_name, min_size=1, max_size=1
+    )
+    app = FastAPI(lifespan=create_pool_lifespan(settings))
+
+    @app.get("/notes")
+    async def notes(conn: TenantConn) -> None:
+        await conn.execute("SELECT 1")
+
+    with (
+        TestClient(app) as client,
+        pytest.raises(RuntimeError, match=r"bypasses row-level security \(superuser"),
+    ):
+        client.get("/notes", headers={"x-tenant": "a"})
