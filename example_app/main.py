@@ -6,17 +6,37 @@ Reads use ReadConnDep: with a replica configured (DBPOOL_POOLS=replica, DBPOOL_R
 DBPOOL_REPLICA_REPLICA=true) they go to it, and to the primary while it cannot serve.
 """
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Response, status
+from fastapi import (
+    APIRouter,
+    BackgroundTasks,
+    Depends,
+    FastAPI,
+    HTTPException,
+    Query,
+    Response,
+    status,
+)
+from psycopg import AsyncConnection
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
-from fastapi_dbpool import ConnDep, PoolSettings, ReadConnDep, create_pool_lifespan, pool_router
+from fastapi_dbpool import (
+    ConnDep,
+    PoolSettings,
+    ReadConnDep,
+    create_pool_lifespan,
+    get_conn_with,
+    pool_router,
+)
 from fastapi_dbpool.session import transaction
+
+logger = logging.getLogger("example_app")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -91,6 +111,19 @@ async def list_users(
         return [User.model_validate(row) for row in await cur.fetchall()]
 
 
+CountConn = Annotated[
+    AsyncConnection[Any], Depends(get_conn_with(read_only=True, statement_timeout=2.0))
+]
+
+
+@router.get("/count", summary="How many users there are")
+async def count_users(conn: CountConn) -> int:
+    """A read-only transaction with a 2 s statement timeout, for this route only."""
+    cur = await conn.execute("SELECT count(*) FROM users")
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
 @router.get("/{user_id}", summary="Get one user", responses=NOT_FOUND)
 async def get_user(user_id: int, conn: ReadConnDep) -> User:
     async with conn.cursor(row_factory=dict_row) as cur:
@@ -107,8 +140,9 @@ async def get_user(user_id: int, conn: ReadConnDep) -> User:
     summary="Create a user",
     responses={409: {"model": Message, "description": "This email is already taken."}},
 )
-async def create_user(user: UserCreate, conn: ConnDep) -> User:
-    """Committed before the 201 is sent; a duplicate email answers 409 and writes nothing."""
+async def create_user(user: UserCreate, conn: ConnDep, tasks: BackgroundTasks) -> User:
+    """Committed before the 201 is sent; a duplicate email answers 409 and writes nothing.
+    The welcome goes out only once the user is committed (a background task)."""
     try:
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
@@ -123,7 +157,14 @@ async def create_user(user: UserCreate, conn: ConnDep) -> User:
         ) from None
     if row is None:  # pragma: no cover - INSERT ... RETURNING always returns the row
         raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, "insert returned nothing")
-    return User.model_validate(row)
+    created = User.model_validate(row)
+    tasks.add_task(send_welcome, created)
+    return created
+
+
+def send_welcome(user: User) -> None:
+    """Stands for the email a real app would send: after the commit, never after a rollback."""
+    logger.info("welcome sent to user %d", user.id)
 
 
 @router.delete(

@@ -181,9 +181,24 @@ def test_creating_the_app_reads_no_settings_and_connects_to_nothing(
     assert not hasattr(app.state, "dbpool")
     assert set(app.openapi()["paths"]) == {
         "/users",
+        "/users/count",
         "/users/{user_id}",
         "/health/db",
         "/health/ready",
         "/pool/stats",
         "/pool/metrics",
     }
+
+
+def test_count_runs_in_a_read_only_transaction_and_welcome_follows_the_commit(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = client.get("/users/count").json()
+    caplog.set_level("INFO", logger="example_app")
+    created = client.post("/users", json={"name": "Barbara Liskov", "email": "bl@example.org"})
+    assert created.status_code == 201
+    assert client.get("/users/count").json() == before + 1
+    assert f"welcome sent to user {created.json()['id']}" in caplog.text
+    duplicate = client.post("/users", json={"name": "B. Liskov", "email": "bl@example.org"})
+    assert duplicate.status_code == 409
+    assert caplog.text.count("welcome sent") == 1  # none for the rolled-back one
