@@ -10,9 +10,12 @@ from starlette.requests import HTTPConnection
 
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.pools import Databases
+from fastapi_dbpool.session import Leases
 
 STATE_KEY = "dbpool"  # the default DatabasePool
 POOLS_KEY = "dbpools"  # every pool, as Databases
+# The request's connections by pool, shared by its dependencies (one connection per pool).
+LEASES_KEY = "fastapi_dbpool.leases"
 
 NO_POOL = (
     "no database pool on this app: create it with FastAPI(lifespan=pool_lifespan) "
@@ -49,3 +52,12 @@ def named_pool(request: HTTPConnection, name: str) -> DatabasePool:
         return databases_of(request).get(name)
     except LookupError as exc:
         raise RuntimeError(str(exc)) from None
+
+
+def leases_of(request: HTTPConnection) -> Leases:
+    """The connections this request holds, by pool: every session of the request shares them."""
+    scope = request.scope
+    leases: Leases | None = scope.get(LEASES_KEY)
+    if leases is None:
+        leases = scope[LEASES_KEY] = {}
+    return leases

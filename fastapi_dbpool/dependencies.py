@@ -23,16 +23,14 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from starlette.requests import HTTPConnection
 
-from fastapi_dbpool._state import database_of, databases_of, named_pool
+from fastapi_dbpool._state import database_of, databases_of, leases_of, named_pool
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.options import Isolation, SessionContext, TransactionOptions
 from fastapi_dbpool.pools import Databases
-from fastapi_dbpool.session import Leases, autocommit, transaction
+from fastapi_dbpool.session import autocommit, transaction
 
 Conn = AsyncConnection[Any]
 
-# The request's connections by pool, shared by its dependencies (one connection per pool).
-_LEASES = "fastapi_dbpool.leases"
 # FastAPI's exit stack of scope="function" dependencies, in the request scope (0.121 and later).
 _FUNCTION_STACK = "fastapi_function_astack"
 _NOT_IN_FASTAPI = (
@@ -59,14 +57,6 @@ async def get_pool(request: HTTPConnection) -> AsyncConnectionPool[Conn]:
     return database_of(request).pool
 
 
-def _leases(request: HTTPConnection) -> Leases:
-    scope = request.scope
-    leases: Leases | None = scope.get(_LEASES)
-    if leases is None:
-        leases = scope[_LEASES] = {}
-    return leases
-
-
 def _before_response(request: HTTPConnection) -> AsyncExitStack:
     """The exit stack FastAPI closes when the endpoint has returned, before the response."""
     stack = request.scope.get(_FUNCTION_STACK)
@@ -84,7 +74,7 @@ async def get_conn(request: HTTPConnection) -> Conn:
     slow clients hold no connection. Pool timeouts, a full queue and lost connections answer
     503 with Retry-After. Every dependency of one request on one pool shares one connection.
     """
-    session = transaction(database_of(request), request.scope, leases=_leases(request))
+    session = transaction(database_of(request), request.scope, leases=leases_of(request))
     return await _before_response(request).enter_async_context(session)
 
 
@@ -97,7 +87,7 @@ async def get_read_conn(request: HTTPConnection) -> Conn:
     the read sees the request's writes, and the request holds one connection, not two).
     """
     databases = databases_of(request)
-    leases = _leases(request)
+    leases = leases_of(request)
     session: AbstractAsyncContextManager[Conn]
     if databases.replicas:
         session = databases.read(request.scope, leases, _writes_to_default(request, databases))
@@ -124,7 +114,7 @@ def _conn_dependency(name: str, read: bool) -> ConnDependency:
     enter = autocommit if read else transaction
 
     async def dependency(request: HTTPConnection) -> Conn:
-        session = enter(named_pool(request, name), request.scope, leases=_leases(request))
+        session = enter(named_pool(request, name), request.scope, leases=leases_of(request))
         return await _before_response(request).enter_async_context(session)
 
     dependency.__name__ = dependency.__qualname__ = f"get_conn_for_{name}"
@@ -165,7 +155,7 @@ def _conn_with(
         session = transaction(
             database,
             request.scope,
-            leases=_leases(request),
+            leases=leases_of(request),
             options=options,
             context=session_context,
         )

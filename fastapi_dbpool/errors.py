@@ -4,10 +4,10 @@ import logging
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import psycopg
-from fastapi import HTTPException
 from psycopg import AsyncConnection
 from psycopg import errors as pg_errors
 from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
+from starlette.exceptions import HTTPException
 
 if TYPE_CHECKING:
     from fastapi_dbpool.database import DatabasePool
@@ -35,7 +35,12 @@ class PoolStartupError(RuntimeError):
     """The pool could not be opened at startup; the message says why, never the password."""
 
 
-class DatabaseUnavailable(HTTPException):
+class DatabaseHTTPError(HTTPException):
+    """An HTTP answer of this package (503, 504 or 500); the request's transaction rolled back
+    (or, for CommitOutcomeUnknown, may have committed)."""
+
+
+class DatabaseUnavailable(DatabaseHTTPError):
     """503: the pool could not give a working connection; the client should retry later."""
 
     def __init__(self, reason: UnavailableReason, retry_after: int) -> None:
@@ -47,7 +52,7 @@ class DatabaseUnavailable(HTTPException):
         self.reason = reason
 
 
-class QueryTimeout(HTTPException):
+class QueryTimeout(DatabaseHTTPError):
     """504: the server cancelled a statement (statement_timeout)."""
 
     def __init__(self) -> None:
@@ -57,7 +62,7 @@ class QueryTimeout(HTTPException):
         )
 
 
-class DeadlineExceeded(HTTPException):
+class DeadlineExceeded(DatabaseHTTPError):
     """504: the server did not answer within DBPOOL_DEADLINE; the connection was cut."""
 
     def __init__(self) -> None:
@@ -68,7 +73,7 @@ class DeadlineExceeded(HTTPException):
         )
 
 
-class ReadOnlyViolation(HTTPException):
+class ReadOnlyViolation(DatabaseHTTPError):
     """500: a route declared read only (get_conn_with(read_only=True)) tried to write."""
 
     def __init__(self) -> None:
@@ -79,7 +84,7 @@ class ReadOnlyViolation(HTTPException):
         )
 
 
-class LockTimeout(HTTPException):
+class LockTimeout(DatabaseHTTPError):
     """504: a lock was not granted within the route's lock_timeout."""
 
     def __init__(self) -> None:
@@ -90,7 +95,7 @@ class LockTimeout(HTTPException):
         )
 
 
-class CommitFailed(HTTPException):
+class CommitFailed(DatabaseHTTPError):
     """500: the endpoint returned but its transaction could not be committed."""
 
     def __init__(self) -> None:
@@ -100,7 +105,7 @@ class CommitFailed(HTTPException):
         )
 
 
-class CommitOutcomeUnknown(HTTPException):
+class CommitOutcomeUnknown(DatabaseHTTPError):
     """500: the connection was lost while COMMIT was under way, so the transaction may or may
     not have been committed. No Retry-After: a blind retry could apply the write twice."""
 

@@ -31,6 +31,9 @@ SettingsFactory = Callable[..., PoolSettings]
 def schema(database_server: DatabaseServer) -> None:
     """Tables the test app writes to; each test uses its own ids."""
     with psycopg.connect(database_server.url, autocommit=True) as conn:
+        # The plugin's server commits asynchronously (synchronous_commit=off): wait for the
+        # flush, or a test that crashes the server right after could lose the tables.
+        conn.execute("SET synchronous_commit = on")
         conn.execute(
             """
             CREATE TABLE IF NOT EXISTS items (id bigint PRIMARY KEY, note text NOT NULL);
