@@ -9,7 +9,7 @@ import asyncio
 import logging
 import socket
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from time import monotonic
@@ -19,9 +19,8 @@ from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
-from fastapi_dbpool import startup
+from fastapi_dbpool import hooks, startup
 from fastapi_dbpool._redact import describe_conninfo, mask_conninfo, redact
-from fastapi_dbpool.connection import PooledConnection
 from fastapi_dbpool.errors import UNAVAILABLE_REASONS, UnavailableReason
 from fastapi_dbpool.healing import Healer
 from fastapi_dbpool.restore import Baseline
@@ -62,6 +61,7 @@ class DatabasePool:
             else None
         )
         self._secrets = settings.secrets()
+        self._provided: deque[str] = deque()
         self._tasks: set[asyncio.Future[Any]] = set()
         # Connections out of the pool now, and since when: for the deadline and close().
         self._lent: dict[Conn, float] = {}
@@ -82,12 +82,14 @@ class DatabasePool:
             num_workers=settings.num_workers,
             name=settings.name,
             open=False,
-            connection_class=PooledConnection,
+            # The app's password provider and configure hook run inside the connection
+            # attempt (hooks.py); without them, PooledConnection as it is.
+            connection_class=hooks.connection_class(self),
             configure=self._configure,
             # No reset callback by default: with one, psycopg-pool returns every connection
             # through a worker task (about 10 us more per checkout, measured); release()
             # restores the connection's attributes inline instead.
-            reset=_reset_session if settings.reset_session else None,
+            reset=hooks.reset_hook(self),
             check=None if settings.check == "never" else self.healer.check,
             reconnect_failed=self.healer.reconnect_failed,
         )
@@ -107,6 +109,15 @@ class DatabasePool:
     def redact(self, text: str) -> str:
         """text with every form of this pool's password masked."""
         return redact(mask_conninfo(text), self._secrets)
+
+    def keep_secret(self, secret: str, most: int) -> None:
+        """Redact secret from now on (a password provider's answer), keeping the most recent."""
+        if secret in self._secrets:
+            return
+        self._provided.append(secret)
+        self._secrets.add(secret)
+        if len(self._provided) > most:
+            self._secrets.discard(self._provided.popleft())
 
     async def open(self) -> None:
         """Open the pool; fail fast with a clear reason unless settings.fail_fast is off."""
@@ -282,10 +293,3 @@ def _quiet(task: "asyncio.Future[Any]") -> None:
     """Retrieve a background task's outcome, so that asyncio does not log it as never read."""
     if not task.cancelled():
         task.exception()
-
-
-async def _reset_session(conn: Conn) -> None:
-    """DBPOOL_RESET_SESSION: undo session-level SETs before the connection is lent again."""
-    await conn.set_autocommit(True)  # one round trip, no BEGIN/COMMIT around it
-    await conn.execute("RESET ALL")
-    await conn.set_autocommit(False)

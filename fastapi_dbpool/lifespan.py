@@ -5,6 +5,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 from fastapi_dbpool._state import POOLS_KEY, STATE_KEY
+from fastapi_dbpool.hooks import ConnectionHook
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.settings import PoolSettings
 
@@ -19,6 +20,8 @@ def create_pool_lifespan(
     *,
     pools: NamedPools | None = None,
     lifespan: Lifespan[AppT] | None = None,
+    configure: ConnectionHook | None = None,
+    reset: ConnectionHook | None = None,
 ) -> Callable[[AppT], AbstractAsyncContextManager[dict[str, Any]]]:
     """A lifespan that opens the pools and runs the app's own lifespan inside them.
 
@@ -28,12 +31,17 @@ def create_pool_lifespan(
     PoolSettings.for_pool(name, ...), which reads DBPOOL_<NAME>_* rather than the default
     pool's variables); without it, the names in DBPOOL_POOLS. The app's own lifespan starts
     after every pool is open, so it can use ``app.state.dbpool``, and ends before they close.
+    configure and reset: your hooks for every pool that has none of its own (DBPOOL_CONFIGURE,
+    DBPOOL_RESET): configure runs on each new connection (register types, SET search_path),
+    reset on each connection given back.
     """
+    hooks = {"configure": configure, "reset": reset}
 
     @asynccontextmanager
     async def _lifespan(app: AppT) -> AsyncIterator[dict[str, Any]]:
-        default = _resolve(settings)
-        databases = Databases.build(default, _named(default, pools))
+        default = _with_hooks(_resolve(settings), hooks)
+        named = [_with_hooks(each, hooks) for each in _named(default, pools)]
+        databases = Databases.build(default, named)
         await databases.open()
         databases.drain.install(default.drain_seconds)
         state = getattr(app, "state", None)
@@ -55,6 +63,16 @@ def create_pool_lifespan(
             await databases.close()
 
     return _lifespan
+
+
+def _with_hooks(settings: PoolSettings, hooks: dict[str, ConnectionHook | None]) -> PoolSettings:
+    """settings with the lifespan's hooks where it has none of its own."""
+    update = {
+        field: hook
+        for field, hook in hooks.items()
+        if hook is not None and getattr(settings, field) is None
+    }
+    return settings.model_copy(update=update) if update else settings
 
 
 def _resolve(source: SettingsSource) -> PoolSettings:

@@ -11,6 +11,7 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import (
     AliasChoices,
     Field,
+    ImportString,
     SecretStr,
     ValidationError,
     create_model,
@@ -231,6 +232,25 @@ class PoolSettings(BaseSettings):
         description="Seconds shutdown waits for the pool's workers before closing anyway.",
     )
     retry_after: int = Field(1, ge=0, description="Retry-After seconds sent with 503 answers.")
+    configure: ImportString[Callable[..., Any]] | None = Field(
+        None,
+        description="Your coroutine run on every new connection before the pool lends it "
+        "(register types and adapters, SET search_path, prepare statements), as "
+        "module:function or, from code, the function; what it leaves in a transaction is "
+        "committed. A failure discards the connection (and fails startup).",
+    )
+    reset: ImportString[Callable[..., Any]] | None = Field(
+        None,
+        description="Your coroutine run on every connection given back, in the pool's worker "
+        "(off the request path), as module:function or the function; a failure discards the "
+        "connection.",
+    )
+    password_provider: ImportString[Callable[..., Any]] | None = Field(
+        None,
+        description="A function (sync or async) returning the password of each new connection, "
+        "for short-lived credentials (RDS IAM, Azure AD, Vault), as module:function or the "
+        "function; its answers are secrets, redacted like the URL's password.",
+    )
     reset_session: bool = Field(
         False,
         description="Run RESET ALL on every connection given back (in psycopg-pool's worker, "
@@ -286,6 +306,9 @@ class PoolSettings(BaseSettings):
         "leak_threshold",
         "log_stats_interval",
         "password",
+        "configure",
+        "reset",
+        "password_provider",
         mode="before",
     )
     @classmethod
@@ -359,6 +382,16 @@ class PoolSettings(BaseSettings):
                     f"{env_var('url', prefix)} sets {field}={text} and {env_var(field, prefix)} "
                     f"sets {value}: keep one of them"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> "PoolSettings":
+        if self.password is not None and self.password_provider is not None:
+            prefix = self.env_prefix()
+            raise ValueError(
+                f"{env_var('password', prefix)} and {env_var('password_provider', prefix)} are "
+                "both set: keep one of them (the provider's password wins over the URL's)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -515,9 +548,21 @@ def _explain(exc: ValidationError, prefix: str = ENV_PREFIX) -> str:
     return f"invalid database pool settings{where}:\n  " + "\n  ".join(lines)
 
 
+_HOOK_EXAMPLES = {
+    "configure": "myapp.db:configure",
+    "reset": "myapp.db:reset",
+    "password_provider": "myapp.secrets:database_token",
+}
+
+
 def _fix(field: str, message: str, prefix: str) -> str:
     if field == "url":
         return f" {message}"
+    if field in _HOOK_EXAMPLES:
+        return (
+            f": {message} (give module:function, e.g. "
+            f"{env_var(field, prefix)}={_HOOK_EXAMPLES[field]}, or pass the function from code)"
+        )
     info = PoolSettings.model_fields.get(field)
     if info is None or info.default is None:
         return f": {message}"

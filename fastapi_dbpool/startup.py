@@ -6,12 +6,12 @@ import os
 from typing import TYPE_CHECKING
 
 import psycopg
-from psycopg import AsyncConnection
 from psycopg.rows import tuple_row
 from psycopg_pool import PoolTimeout
 
 from fastapi_dbpool.errors import PoolStartupError
 from fastapi_dbpool.health import mark_down
+from fastapi_dbpool.hooks import ConnectionSetupError
 
 if TYPE_CHECKING:
     from fastapi_dbpool.database import DatabasePool
@@ -76,9 +76,14 @@ async def open_pool(database: "DatabasePool") -> None:
 
 
 async def _probe(database: "DatabasePool") -> None:
+    """One connection as the pool makes them (password provider and configure hook included)."""
     settings = database.settings
     try:
-        conn = await AsyncConnection.connect(settings.conninfo(), **settings.connect_kwargs())
+        conn = await database.pool.connection_class.connect(
+            settings.conninfo(), **settings.connect_kwargs()
+        )
+    except ConnectionSetupError as exc:
+        raise PoolStartupError(f"cannot open a connection to {database.target()}: {exc}") from None
     except psycopg.Error as exc:
         raise PoolStartupError(explain_connect_error(database, exc)) from None
     await conn.close()

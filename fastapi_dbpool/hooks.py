@@ -1,0 +1,128 @@
+"""The app's own connection set-up: a configure hook, a reset hook and a password provider.
+
+They run inside psycopg-pool's connection attempt (a failure counts as a failed connection,
+retried with backoff, and startup's probe runs them too, so it fails fast), on the pool's
+workers, never on the checkout path: a pool without them uses PooledConnection as it is.
+"""
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
+
+from fastapi_dbpool.connection import PooledConnection
+
+if TYPE_CHECKING:
+    from fastapi_dbpool.database import DatabasePool
+
+logger = logging.getLogger("fastapi_dbpool")
+
+Conn = AsyncConnection[Any]
+ConnectionHook = Callable[[Conn], Awaitable[None]]
+PasswordProvider = Callable[[], "str | Awaitable[str]"]
+
+# Passwords a provider returned lately, kept to redact them from messages.
+_SECRETS_KEPT = 32
+
+
+class ConnectionSetupError(psycopg.OperationalError):
+    """A configure hook or a password provider failed; the message names it, never a secret."""
+
+
+def connection_class(database: "DatabasePool") -> type[PooledConnection]:
+    """The pool's connection class: PooledConnection itself, or one that runs the password
+    provider and the configure hook as part of connecting."""
+    settings = database.settings
+    configure: ConnectionHook | None = settings.configure
+    provider: PasswordProvider | None = settings.password_provider
+    if configure is None and provider is None:
+        return PooledConnection
+
+    class SetUpConnection(PooledConnection):
+        @classmethod
+        async def connect(cls, conninfo: str = "", **kwargs: Any) -> "SetUpConnection":
+            if provider is not None:
+                kwargs["password"] = await _password(database, provider)
+            conn = await super().connect(conninfo, **kwargs)
+            if configure is not None:
+                try:
+                    await _configure(database, configure, conn)
+                except BaseException:
+                    await conn.close()
+                    raise
+            return conn
+
+    return SetUpConnection
+
+
+def reset_hook(database: "DatabasePool") -> ConnectionHook | None:
+    """psycopg-pool's reset callback: RESET ALL (DBPOOL_RESET_SESSION) and the app's reset
+    hook, or None (connections then go back without a worker's round trip)."""
+    settings = database.settings
+    hook: ConnectionHook | None = settings.reset
+    if hook is None and not settings.reset_session:
+        return None
+
+    async def reset(conn: Conn) -> None:
+        if settings.reset_session:
+            await conn.set_autocommit(True)  # one round trip, no BEGIN/COMMIT around it
+            await conn.execute("RESET ALL")
+            await conn.set_autocommit(False)
+        if hook is not None:
+            await _run(database, "reset", hook, conn)
+
+    return reset
+
+
+def describe(hook: object) -> str:
+    """module:name of a hook, for messages."""
+    module = getattr(hook, "__module__", None) or "?"
+    name = getattr(hook, "__qualname__", None) or type(hook).__qualname__
+    return f"{module}:{name}"
+
+
+async def _configure(database: "DatabasePool", hook: ConnectionHook, conn: Conn) -> None:
+    await _run(database, "configure", hook, conn)
+
+
+async def _run(database: "DatabasePool", field: str, hook: ConnectionHook, conn: Conn) -> None:
+    """Run hook on conn; what it leaves in a transaction is committed (its SETs, type lookups);
+    a failure is logged and raised naming the hook and the pool, never a secret."""
+    try:
+        await hook(conn)
+        status = conn.pgconn.transaction_status
+        if status == TransactionStatus.INTRANS:
+            await conn.commit()
+        elif status == TransactionStatus.INERROR:
+            raise psycopg.ProgrammingError("it left the connection in a failed transaction")
+    except Exception as exc:
+        raise _failed(database, field, hook, exc) from None
+
+
+async def _password(database: "DatabasePool", provider: PasswordProvider) -> str:
+    try:
+        value = provider()
+        if inspect.isawaitable(value):
+            value = await value
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"it returned {type(value).__name__}, not a non-empty str")
+    except Exception as exc:
+        raise _failed(database, "password_provider", provider, exc) from None
+    database.keep_secret(value, _SECRETS_KEPT)
+    return value
+
+
+def _failed(
+    database: "DatabasePool", field: str, hook: object, exc: Exception
+) -> ConnectionSetupError:
+    settings = database.settings
+    message = (
+        f"pool {settings.name!r}: {settings.env_var(field)} {describe(hook)} failed: "
+        f"{database.redact(f'{type(exc).__name__}: {exc}')}"
+    )
+    logger.error("%s; the connection is discarded", message)
+    return ConnectionSetupError(message)
