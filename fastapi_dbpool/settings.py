@@ -4,6 +4,7 @@ import functools
 import math
 import re
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Annotated, Any, Literal
 
 import psycopg
@@ -12,6 +13,7 @@ from pydantic import (
     AliasChoices,
     Field,
     ImportString,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     create_model,
@@ -258,11 +260,18 @@ class PoolSettings(BaseSettings):
         "never reaches the next; the connection's Python attributes are restored either way.",
     )
 
+    _code_fields: frozenset[str] = PrivateAttr(frozenset())
+
     def __init__(self, **values: Any) -> None:
+        code_fields = frozenset(_ALIASES.get(key, key) for key in values)
+        token = _CODE_FIELDS.set(code_fields)
         try:
             super().__init__(**values)
         except ValidationError as exc:
             raise SettingsError(_explain(exc, type(self).env_prefix())) from None
+        finally:
+            _CODE_FIELDS.reset(token)
+        self._code_fields = code_fields
 
     @classmethod
     def env_prefix(cls) -> str:
@@ -279,8 +288,11 @@ class PoolSettings(BaseSettings):
         return _named_settings(_pool_name(name))(**values)
 
     def env_var(self, field: str) -> str:
-        """The environment variable of field for this pool: DBPOOL_MAX_SIZE, or
-        DBPOOL_REPLICA_MAX_SIZE for the pool named replica."""
+        """How messages name field: its environment variable (DBPOOL_MAX_SIZE, or
+        DBPOOL_REPLICA_MAX_SIZE for the pool named replica), or the field itself (max_size) when
+        the value was given in code, where there is no variable to fix."""
+        if field in self._code_fields:
+            return field
         return env_var(field, self.env_prefix())
 
     @property
@@ -354,10 +366,10 @@ class PoolSettings(BaseSettings):
     def _sizes_agree(self) -> "PoolSettings":
         if self.min_size > self.max_size:
             prefix = self.env_prefix()
+            low, high = _name("min_size", prefix), _name("max_size", prefix)
             raise ValueError(
-                f"{prefix}MIN_SIZE ({self.min_size}) is larger than "
-                f"{prefix}MAX_SIZE ({self.max_size}): lower {prefix}MIN_SIZE or raise "
-                f"{prefix}MAX_SIZE"
+                f"{low} ({self.min_size}) is larger than {high} ({self.max_size}): lower {low} "
+                f"or raise {high}"
             )
         return self
 
@@ -374,13 +386,13 @@ class PoolSettings(BaseSettings):
             if not text.lstrip("-").isdigit():
                 raise ValueError(
                     f"the URL's {field} parameter is not a whole number: fix it in "
-                    f"{env_var('url', prefix)}, or drop it there and set {env_var(field, prefix)}"
+                    f"{_name('url', prefix)}, or drop it there and set {_name(field, prefix)}"
                 )
             value = getattr(self, field)
             if field in self.model_fields_set and value is not None and to_url(value) != int(text):
                 raise ValueError(
-                    f"{env_var('url', prefix)} sets {field}={text} and {env_var(field, prefix)} "
-                    f"sets {value}: keep one of them"
+                    f"{_name('url', prefix)} sets {field}={text} but {_name(field, prefix)} is "
+                    f"{value}: keep one of them"
                 )
         return self
 
@@ -389,7 +401,7 @@ class PoolSettings(BaseSettings):
         if self.password is not None and self.password_provider is not None:
             prefix = self.env_prefix()
             raise ValueError(
-                f"{env_var('password', prefix)} and {env_var('password_provider', prefix)} are "
+                f"{_name('password', prefix)} and {_name('password_provider', prefix)} are "
                 "both set: keep one of them (the provider's password wins over the URL's)"
             )
         return self
@@ -405,9 +417,10 @@ class PoolSettings(BaseSettings):
         ]
         if per_connection:
             prefix = self.env_prefix()
-            names = " and ".join(env_var(name, prefix) for name in per_connection)
+            names = " and ".join(_name(name, prefix) for name in per_connection)
             raise ValueError(
-                f"{names} cannot be applied behind PgBouncer ({prefix}PGBOUNCER=true): it "
+                f"{names} cannot be applied behind PgBouncer "
+                f"({_name('pgbouncer', prefix)}=true): it "
                 "rejects per-connection startup options. Unset it and set the timeout on the "
                 "database role instead: ALTER ROLE app SET statement_timeout = '5s'"
             )
@@ -480,6 +493,17 @@ _URL_PARAMETERS: dict[str, Callable[[Any], int]] = {
 }
 
 
+# The fields given in code to the PoolSettings being validated now: messages name them as
+# fields, not as environment variables.
+_CODE_FIELDS: ContextVar[frozenset[str]] = ContextVar("_CODE_FIELDS", default=frozenset())
+_ALIASES = {"DBPOOL_URL": "url", "DATABASE_URL": "url"}
+
+
+def _name(field: str, prefix: str) -> str:
+    """field as a message names it while settings are validated (see PoolSettings.env_var)."""
+    return field if field in _CODE_FIELDS.get() else env_var(field, prefix)
+
+
 def env_var(field: str, prefix: str = ENV_PREFIX) -> str:
     """The environment variable that sets a field (of the pool whose prefix is given)."""
     if field == "url" and prefix == ENV_PREFIX:
@@ -539,12 +563,14 @@ def _explain(exc: ValidationError, prefix: str = ENV_PREFIX) -> str:
             lines.append(message)
         elif error["type"] == "missing":
             lines.append(
-                f"{env_var(field, prefix)} is not set: set it to "
+                f"{_name(field, prefix)} is not set: set it to "
                 "postgresql://user:password@host:5432/dbname"
             )
         else:
-            lines.append(f"{env_var(field, prefix)}{_fix(field, message, prefix)}")
+            lines.append(f"{_name(field, prefix)}{_fix(field, message, prefix)}")
     where = "" if prefix == ENV_PREFIX else f" ({prefix}*)"
+    if _CODE_FIELDS.get() and prefix != ENV_PREFIX:
+        where = f" (pool {prefix.removeprefix(ENV_PREFIX).removesuffix('_').lower()!r})"
     return f"invalid database pool settings{where}:\n  " + "\n  ".join(lines)
 
 
@@ -561,10 +587,10 @@ def _fix(field: str, message: str, prefix: str) -> str:
     if field in _HOOK_EXAMPLES:
         return (
             f": {message} (give module:function, e.g. "
-            f"{env_var(field, prefix)}={_HOOK_EXAMPLES[field]}, or pass the function from code)"
+            f"{_name(field, prefix)}={_HOOK_EXAMPLES[field]}, or pass the function from code)"
         )
     info = PoolSettings.model_fields.get(field)
     if info is None or info.default is None:
         return f": {message}"
     default = ",".join(info.default) if isinstance(info.default, list) else info.default
-    return f": {message} (e.g. {env_var(field, prefix)}={default}, the default)"
+    return f": {message} (e.g. {_name(field, prefix)}={default}, the default)"

@@ -18,7 +18,7 @@ from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.composite import CompositeInfo, register_composite
 
-from fastapi_dbpool import ConnDep, create_pool_lifespan, pool_router
+from fastapi_dbpool import ConnDep, SettingsError, create_pool_lifespan, pool_router
 from fastapi_dbpool.connection import PooledConnection
 from fastapi_dbpool.errors import PoolStartupError
 from fastapi_dbpool.testing import DatabaseServer, Observer
@@ -171,7 +171,7 @@ def test_a_raising_configure_fails_startup_naming_the_hook_never_the_password(
     with pytest.raises(PoolStartupError) as caught, TestClient(app):
         pass
     message = str(caught.value)
-    assert "DBPOOL_CONFIGURE" in message
+    assert "configure tests." in message  # given in code: named as the field
     assert f"{__name__}:test_a_raising_configure" in message
     assert "vector extension missing" in message
     assert database_server.password
@@ -204,7 +204,7 @@ def test_a_configure_that_starts_failing_answers_503_and_logs_the_hook(
     assert client.get("/health/db").json()["reason"] == "cannot_connect"
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert f"{__name__}:test_a_configure_that_starts_failing" in logged
-    assert "DBPOOL_CONFIGURE" in logged and "connection is discarded" in logged
+    assert "configure tests." in logged and "connection is discarded" in logged
     assert database_server.password
     assert database_server.password not in logged
     failing["now"] = False
@@ -212,6 +212,27 @@ def test_a_configure_that_starts_failing_answers_503_and_logs_the_hook(
     while client.get("/marker").status_code != 200:
         assert time.monotonic() < deadline, "the pool did not recover once the hook worked"
         time.sleep(0.1)
+
+
+async def refuse_every_connection(conn: Conn) -> None:
+    """A configure hook named by DBPOOL_CONFIGURE in the environment test below."""
+    raise RuntimeError("no such extension: vector")
+
+
+def test_a_hook_from_the_environment_is_imported_and_named_by_its_variable(
+    make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DBPOOL_CONFIGURE", f"{__name__}:refuse_every_connection")
+    settings = make_settings(open_timeout=2.0)
+    assert settings.configure is refuse_every_connection
+    with pytest.raises(PoolStartupError) as caught, TestClient(hook_app(settings)):
+        pass
+    assert f"DBPOOL_CONFIGURE {__name__}:refuse_every_connection failed" in str(caught.value)
+    monkeypatch.setenv("DBPOOL_CONFIGURE", f"{__name__}:no_such_hook")
+    with pytest.raises(SettingsError) as refused:
+        make_settings()
+    assert "DBPOOL_CONFIGURE: Invalid python path" in str(refused.value)
+    assert "give module:function" in str(refused.value)
 
 
 def test_without_hooks_connections_are_made_as_before(
@@ -302,7 +323,7 @@ def test_a_failing_password_provider_fails_startup_naming_it(
     with pytest.raises(PoolStartupError) as caught, TestClient(hook_app(settings)):
         pass
     message = str(caught.value)
-    assert "DBPOOL_PASSWORD_PROVIDER" in message
+    assert "password_provider tests." in message
     assert f"{__name__}:test_a_failing_password_provider" in message
     assert "vault sealed" in message
 
@@ -341,7 +362,7 @@ def test_a_provider_failing_at_run_time_answers_503_then_recovers_and_never_show
     health = client.get("/health/db")
     assert health.json()["reason"] == "cannot_connect"
     logged = "\n".join(record.getMessage() for record in caplog.records)
-    assert "DBPOOL_PASSWORD_PROVIDER" in logged
+    assert "password_provider tests." in logged
     assert password not in logged + response.text + health.text
     state["failing"] = False
     deadline = time.monotonic() + 5

@@ -89,7 +89,7 @@ def test_router_and_get_conn_work_behind_pgbouncer(
 
 def test_per_connection_options_are_refused_with_pgbouncer(pgbouncer_url: str) -> None:
     with pytest.raises(
-        SettingsError, match="DBPOOL_STATEMENT_TIMEOUT cannot be applied behind PgBouncer"
+        SettingsError, match=r"statement_timeout cannot be applied behind PgBouncer \(pgbouncer="
     ):
         PoolSettings(url=pgbouncer_url, pgbouncer=True, statement_timeout=1.0)
 

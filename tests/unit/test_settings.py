@@ -185,13 +185,17 @@ def fragments(secret: str) -> set[str]:
 def test_a_malformed_url_says_what_is_wrong_and_no_piece_of_the_password(
     url: str, password: str, says: str
 ) -> None:
+    from_env = load_error(DBPOOL_URL=url)
     with pytest.raises(SettingsError) as caught:
         PoolSettings(url=url)
-    message = str(caught.value)
-    assert "DBPOOL_URL (or DATABASE_URL)" in message
-    assert says in message
-    leaked = [piece for piece in fragments(password) if piece in message]
-    assert not leaked, (leaked, message)
+    from_code = str(caught.value)
+    assert "DBPOOL_URL (or DATABASE_URL)" in from_env
+    assert from_code.splitlines()[1].startswith("  url ")  # no variable to fix: the field
+    assert "DBPOOL_" not in from_code
+    for message in (from_env, from_code):
+        assert says in message
+        leaked = [piece for piece in fragments(password) if piece in message]
+        assert not leaked, (leaked, message)
 
 
 @pytest.mark.parametrize(
@@ -212,18 +216,38 @@ def test_sqlalchemy_and_heroku_urls_are_accepted(url: str, driver: str | None) -
 
 
 def test_a_url_parameter_that_is_not_a_number_is_refused_naming_both_places() -> None:
-    with pytest.raises(SettingsError) as caught:
-        PoolSettings(url="postgresql://app@localhost/app?connect_timeout=abc")
-    message = str(caught.value)
+    message = load_error(DBPOOL_URL="postgresql://app@localhost/app?connect_timeout=abc")
     assert "connect_timeout parameter is not a whole number" in message
     assert "DBPOOL_URL (or DATABASE_URL)" in message and "DBPOOL_CONNECT_TIMEOUT" in message
 
 
 def test_a_url_parameter_and_a_setting_that_disagree_are_refused() -> None:
-    with pytest.raises(SettingsError, match="sets connect_timeout=3 and DBPOOL_CONNECT_TIMEOUT"):
+    with pytest.raises(SettingsError, match="url sets connect_timeout=3 but connect_timeout is 7"):
         PoolSettings(url="postgresql://app@localhost/app?connect_timeout=3", connect_timeout=7)
-    with pytest.raises(SettingsError, match=r"DBPOOL_TCP_USER_TIMEOUT sets 2\.0"):
+    with pytest.raises(SettingsError, match=r"but tcp_user_timeout is 2\.0"):
         PoolSettings(url="postgresql://app@localhost/app?tcp_user_timeout=500", tcp_user_timeout=2)
+    message = load_error(
+        DBPOOL_URL="postgresql://app@localhost/app?connect_timeout=3", DBPOOL_CONNECT_TIMEOUT="7"
+    )
+    assert "(or DATABASE_URL) sets connect_timeout=3 but DBPOOL_CONNECT_TIMEOUT is 7" in message
+
+
+def test_settings_given_in_code_are_named_as_fields_and_the_rest_as_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DBPOOL_MAX_SIZE", "2")
+    with pytest.raises(SettingsError) as caught:
+        PoolSettings(url=URL, min_size=5)  # min_size from code, max_size from the environment
+    assert "min_size (5) is larger than DBPOOL_MAX_SIZE (2)" in str(caught.value)
+    with pytest.raises(SettingsError) as caught:
+        PoolSettings(url=URL, timeout=-1)
+    assert "timeout: Input should be greater than 0 (e.g. timeout=5.0, the default)" in str(
+        caught.value
+    )
+    settings = PoolSettings(url=URL, min_size=1)
+    assert settings.env_var("min_size") == "min_size"
+    assert settings.env_var("max_size") == "DBPOOL_MAX_SIZE"
+    assert settings.env_var("url") == "url"
 
 
 def test_the_urls_own_parameter_wins_over_a_default() -> None:
