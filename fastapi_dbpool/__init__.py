@@ -24,6 +24,7 @@ from fastapi_dbpool.dependencies import (
 from fastapi_dbpool.lifespan import create_pool_lifespan, pool_lifespan
 from fastapi_dbpool.router import pool_router
 from fastapi_dbpool.settings import PoolSettings, SettingsError
+from fastapi_dbpool.sync import SyncConnDep, get_sync_conn
 
 __version__ = "0.2.0"
 
@@ -34,6 +35,7 @@ __all__ = [
     "ReadConnDep",
     "SettingsError",
     "StreamConnDep",
+    "SyncConnDep",
     "__version__",
     "create_pool_lifespan",
     "get_conn",
@@ -42,6 +44,7 @@ __all__ = [
     "get_pool",
     "get_read_conn",
     "get_stream_conn",
+    "get_sync_conn",
     "pool_lifespan",
     "pool_router",
 ]

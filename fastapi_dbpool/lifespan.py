@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 from fastapi_dbpool._state import POOLS_KEY, STATE_KEY
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.settings import PoolSettings
+from fastapi_dbpool.sync import check_routes
 
 AppT = TypeVar("AppT")
 Lifespan = Callable[[AppT], AbstractAsyncContextManager[Mapping[str, Any] | None]]
@@ -32,6 +33,7 @@ def create_pool_lifespan(
 
     @asynccontextmanager
     async def _lifespan(app: AppT) -> AsyncIterator[dict[str, Any]]:
+        check_routes(app)  # a def endpoint taking get_conn: refused before connecting
         default = _resolve(settings)
         databases = Databases.build(default, _named(default, pools))
         await databases.open()
