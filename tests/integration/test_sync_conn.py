@@ -11,6 +11,7 @@ import httpx2
 import pytest
 from fastapi import BackgroundTasks, FastAPI, HTTPException
 from fastapi.testclient import TestClient
+from psycopg.rows import dict_row
 
 from fastapi_dbpool import (
     ConnDep,
@@ -82,6 +83,13 @@ def build_sync_app(settings: PoolSettings, seen: dict[int, bool] | None = None) 
         conn.execute("SELECT pg_sleep(%s)", (seconds,))
         return {"slept": seconds}
 
+    @app.get("/sync/row")
+    def row_type(conn: SyncConnDep, change: bool = False) -> dict[str, str]:
+        shape = type(conn.execute("SELECT 1 AS one").fetchone()).__name__
+        if change:  # what a handler sets on its connection must not reach the next request
+            conn.row_factory = dict_row
+        return {"row": shape}
+
     @app.get("/async/value")
     async def value(conn: ConnDep) -> dict[str, int]:
         cur = await conn.execute("SELECT 1")
@@ -132,6 +140,14 @@ def test_a_first_transaction_block_is_a_savepoint_of_the_request(
     item = new_id()
     assert client.post(f"/savepoint/{item}").status_code == 409
     assert not row_exists(database_server.url, "items", item)
+
+
+def test_what_a_handler_sets_on_its_connection_is_put_back(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    client = client_for(build_sync_app(make_settings(min_size=1, max_size=1)))
+    assert client.get("/sync/row", params={"change": True}).json() == {"row": "tuple"}
+    assert client.get("/sync/row").json() == {"row": "tuple"}
 
 
 def test_failed_commit_returns_500(
