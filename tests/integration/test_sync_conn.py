@@ -185,6 +185,29 @@ def test_exhausted_sync_pool_returns_503_within_timeout(
     assert stats[settings.name]["unavailable"]["pool_timeout"] == 0
 
 
+def test_sync_pool_sheds_requests_beyond_max_waiting_at_once(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    settings = make_settings(min_size=1, max_size=1, max_waiting=1, timeout=1.0)
+    client = client_for(build_sync_app(settings))
+    assert client.get("/sync/pid").status_code == 200  # the sync pool is open
+
+    def timed(delay: float) -> tuple[int, float]:
+        time.sleep(delay)
+        started = time.monotonic()
+        response = client.get("/sync/sleep", params={"seconds": 2.0})
+        return response.status_code, time.monotonic() - started
+
+    with ThreadPoolExecutor(3) as executor:
+        results = list(executor.map(timed, (0.0, 0.3, 0.6)))
+    holder, waiter, shed = results
+    assert holder[0] == 200
+    assert waiter[0] == 503 and waiter[1] >= settings.timeout - 0.1
+    assert shed[0] == 503 and shed[1] < settings.timeout / 2
+    unavailable = client.get("/pool/stats").json()["pools"][f"{settings.name}:sync"]["unavailable"]
+    assert (unavailable["pool_timeout"], unavailable["queue_full"]) == (1, 1)
+
+
 def test_burst_beyond_threadpool_and_pool_answers_in_bound_without_deadlock(
     make_settings: SettingsFactory, observer: Observer, unique_app_name: str
 ) -> None:
