@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from fastapi_dbpool.lifespan import create_pool_lifespan, pool_lifespan
     from fastapi_dbpool.router import pool_router
     from fastapi_dbpool.settings import PoolSettings, SettingsError
+    from fastapi_dbpool.sync import SyncConnDep, get_sync_conn
 
 # Imported on first use, so that a plain Starlette app (fastapi_dbpool.starlette) never
 # imports FastAPI.
@@ -48,6 +49,8 @@ _EXPORTS = {
     "pool_router": "router",
     "PoolSettings": "settings",
     "SettingsError": "settings",
+    "SyncConnDep": "sync",
+    "get_sync_conn": "sync",
 }
 
 
@@ -73,6 +76,7 @@ __all__ = [
     "ReadConnDep",
     "SettingsError",
     "StreamConnDep",
+    "SyncConnDep",
     "__version__",
     "create_pool_lifespan",
     "get_conn",
@@ -81,6 +85,7 @@ __all__ = [
     "get_pool",
     "get_read_conn",
     "get_stream_conn",
+    "get_sync_conn",
     "pool_lifespan",
     "pool_router",
 ]

@@ -1,5 +1,6 @@
 """pool_lifespan and create_pool_lifespan: open the pools at startup, close them at shutdown."""
 
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
@@ -39,6 +40,10 @@ def create_pool_lifespan(
 
     @asynccontextmanager
     async def _lifespan(app: AppT) -> AsyncIterator[dict[str, Any]]:
+        if "fastapi" in sys.modules:  # a FastAPI app; a Starlette one never imports it
+            from fastapi_dbpool.sync import check_routes
+
+            check_routes(app)  # a def endpoint taking get_conn: refused before connecting
         default = _with_hooks(_resolve(settings), hooks)
         named = [_with_hooks(each, hooks) for each in _named(default, pools)]
         databases = Databases.build(default, named)

@@ -3,7 +3,7 @@
 import asyncio
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection
 
@@ -14,6 +14,9 @@ from fastapi_dbpool.health import connect_failing, mark_down
 from fastapi_dbpool.session import Autocommit, Lease, Leases, lend
 from fastapi_dbpool.settings import PoolSettings, SettingsError
 from fastapi_dbpool.summary import connections_in_use
+
+if TYPE_CHECKING:
+    from fastapi_dbpool._sync_pool import SyncPool
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -35,6 +38,7 @@ class Databases:
         # Whether a route also writes through the default pool, by id(route) (see get_read_conn).
         self.route_writes: dict[int, tuple[object, bool]] = {}
         self.drain = Drain()  # readiness: off from the first SIGTERM (DBPOOL_DRAIN_SECONDS)
+        self.sync: dict[str, SyncPool] = {}  # get_sync_conn's pools, by name, once opened
 
     @classmethod
     def build(cls, default: PoolSettings, named: list[PoolSettings] | None = None) -> "Databases":
@@ -123,10 +127,9 @@ class Databases:
 
     async def close(self, quiet: bool = False) -> None:
         """Close every pool; a failure to close one does not keep the others open."""
-        results = await asyncio.gather(
-            *(pool.close() for pool in self._by_name.values()), return_exceptions=True
-        )
-        for pool, result in zip(self._by_name.values(), results, strict=True):
+        closing: list[DatabasePool | SyncPool] = [*self._by_name.values(), *self.sync.values()]
+        results = await asyncio.gather(*(pool.close() for pool in closing), return_exceptions=True)
+        for pool, result in zip(closing, results, strict=True):
             if isinstance(result, Exception) and not quiet:
                 logger.error(
                     "pool %r did not close cleanly: %s",

@@ -9,10 +9,10 @@ no round trip. Session-level ``SET``s live on the server: see DBPOOL_RESET_SESSI
 from time import monotonic
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, Connection
 from psycopg.adapt import AdaptersMap, PyFormat
 
-Conn = AsyncConnection[Any]
+Conn = AsyncConnection[Any] | Connection[Any]  # the sync pool of get_sync_conn keeps one too
 
 _AUTO, _TEXT, _BINARY = PyFormat.AUTO, PyFormat.TEXT, PyFormat.BINARY
 
@@ -53,8 +53,32 @@ class Baseline:
         _lend_adapters(conn, self.adapters)
         self.handlers = _handler_counts(conn)
 
-    async def restore(self, conn: Conn) -> None:
+    async def restore(self, conn: AsyncConnection[Any]) -> None:
         """Put back whatever differs from the baseline (the connection must be idle)."""
+        self._restore_attributes(conn)
+        # The transaction characteristics: async setters, awaited only when changed.
+        if conn.autocommit is not self.autocommit:
+            await conn.set_autocommit(self.autocommit)
+        if conn.isolation_level is not self.isolation_level:
+            await conn.set_isolation_level(self.isolation_level)
+        if conn.read_only is not self.read_only:
+            await conn.set_read_only(self.read_only)
+        if conn.deferrable is not self.deferrable:
+            await conn.set_deferrable(self.deferrable)
+
+    def restore_sync(self, conn: Connection[Any]) -> None:
+        """restore() for a connection of the sync pool (get_sync_conn)."""
+        self._restore_attributes(conn)
+        if conn.autocommit is not self.autocommit:
+            conn.set_autocommit(self.autocommit)
+        if conn.isolation_level is not self.isolation_level:
+            conn.set_isolation_level(self.isolation_level)
+        if conn.read_only is not self.read_only:
+            conn.set_read_only(self.read_only)
+        if conn.deferrable is not self.deferrable:
+            conn.set_deferrable(self.deferrable)
+
+    def _restore_attributes(self, conn: Conn) -> None:
         row_factory, cursor_factory, server_cursor_factory, threshold, prepared_max = self.values
         if conn.row_factory is not row_factory:
             conn.row_factory = row_factory
@@ -66,15 +90,6 @@ class Baseline:
             conn.prepare_threshold = threshold
         if conn.prepared_max != prepared_max:
             conn.prepared_max = prepared_max
-        # The transaction characteristics: async setters, awaited only when changed.
-        if conn.autocommit is not self.autocommit:
-            await conn.set_autocommit(self.autocommit)
-        if conn.isolation_level is not self.isolation_level:
-            await conn.set_isolation_level(self.isolation_level)
-        if conn.read_only is not self.read_only:
-            await conn.set_read_only(self.read_only)
-        if conn.deferrable is not self.deferrable:
-            await conn.set_deferrable(self.deferrable)
         if _changed(conn, self.adapters):
             _lend_adapters(conn, self.adapters)
         if _handler_counts(conn) != self.handlers:

@@ -4,6 +4,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
+from fastapi_dbpool._sync_pool import SyncPool
 from fastapi_dbpool.advice import Advice, advice_of
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.health import HealthReason
@@ -146,8 +147,26 @@ def snapshot(database: DatabasePool) -> PoolStats:
     )
 
 
+def snapshot_sync(sync: SyncPool) -> PoolStats:
+    """The sync pool of get_sync_conn: psycopg-pool's counters and the 503s, no timings."""
+    counters = PoolCounters.model_validate(sync.stats())
+    return PoolStats(
+        name=sync.name,
+        status="closed" if sync.pool.closed else "open",
+        required=False,
+        total=counters.pool_size,
+        free=counters.pool_available,
+        in_use=max(0, counters.pool_size - counters.pool_available),
+        waiting=counters.requests_waiting,
+        counters=counters,
+        unavailable=Unavailable.model_validate(dict(sync.unavailable)),
+    )
+
+
 def snapshot_all(databases: Databases) -> AppPoolStats:
-    """Every pool's snapshot, by name, the default pool's also at the top."""
+    """Every pool's snapshot, by name, the default pool's also at the top; get_sync_conn's
+    pools (the pool's name plus ":sync") once a def endpoint opened them."""
     pools = {database.settings.name: snapshot(database) for database in databases}
+    pools.update({sync.name: snapshot_sync(sync) for sync in databases.sync.values()})
     default = pools[databases.default.settings.name]
     return AppPoolStats(**dict(default), pools=pools if len(pools) > 1 else None)

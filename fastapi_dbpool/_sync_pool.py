@@ -1,0 +1,251 @@
+"""SyncPool: the psycopg ConnectionPool behind get_sync_conn, a mirror of an app's async pool.
+
+Built from the async pool's own arguments (conninfo, kwargs, sizes, timeouts), so both connect
+alike; its application_name ends in ":sync" and its stats name is the pool's name plus
+":sync". It is opened by the first request that asks for it and closed with the app's pools.
+
+A request waits for its connection in the event loop (a gate of max_size), never in a worker
+thread: a burst of ``def`` requests larger than the threadpool (40 tokens) and the pool cannot
+fill the threadpool with threads that wait for connections while the requests holding the
+connections wait for a thread. The few blocking calls of a checkout (getconn, COMMIT,
+putconn) run in worker threads of the pool's own, at most max_size at once.
+"""
+
+import inspect
+import logging
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from time import monotonic
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import psycopg
+from psycopg import Transaction
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
+from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
+
+from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.errors import UNAVAILABLE_REASONS, UnavailableReason
+from fastapi_dbpool.hooks import ConnectionSetupError, describe
+from fastapi_dbpool.restore import Baseline
+
+logger = logging.getLogger("fastapi_dbpool")
+
+_IDLE = TransactionStatus.IDLE
+_SUFFIX = ":sync"
+
+_REFUSED = (
+    "conn.{what}() inside get_sync_conn's request transaction: the request commits when the "
+    "endpoint returns and rolls back when it raises. Use conn.transaction() for a savepoint"
+)
+
+
+class SyncConnection(psycopg.Connection[Any]):
+    """The connection class of the sync pool: PooledConnection's rules, for sync code.
+
+    While a request's transaction owns it, commit(), rollback() and autocommit = True are
+    refused, and a first ``conn.transaction()`` block is a savepoint of the request's
+    transaction rather than a transaction of its own."""
+
+    owned = False  # a get_sync_conn request holds it
+    outer: Transaction | None = None  # the request's transaction, when begun by a block
+
+    def commit(self) -> None:
+        if self.owned:
+            raise psycopg.ProgrammingError(_REFUSED.format(what="commit"))
+        super().commit()
+
+    def rollback(self) -> None:
+        if self.owned:
+            raise psycopg.ProgrammingError(_REFUSED.format(what="rollback"))
+        super().rollback()
+
+    def set_autocommit(self, value: bool) -> None:
+        if value and self.owned:
+            raise psycopg.ProgrammingError(_REFUSED.format(what="set_autocommit"))
+        super().set_autocommit(value)
+
+    @contextmanager
+    def transaction(
+        self, savepoint_name: str | None = None, force_rollback: bool = False
+    ) -> Iterator[Transaction]:
+        if self.owned and self.outer is None and self.pgconn.transaction_status == _IDLE:
+            outer = Transaction(self)
+            outer.__enter__()  # BEGIN the request's transaction: the block is a savepoint
+            self.outer = outer
+        with super().transaction(savepoint_name, force_rollback) as tx:
+            yield tx
+
+
+class SyncPool:
+    """A ConnectionPool mirroring database's pool, for get_sync_conn; open() on first use."""
+
+    def __init__(self, database: DatabasePool) -> None:
+        settings = database.settings
+        source = database.pool
+        self.database = database
+        self.settings = settings  # read by errors.translate, as a DatabasePool's
+        self.name = f"{settings.name}{_SUFFIX}"
+        self.unavailable: Counter[UnavailableReason] = Counter(
+            dict.fromkeys(UNAVAILABLE_REASONS, 0)
+        )
+        self.cut: weakref.WeakSet[Any] = weakref.WeakSet()  # no deadline here: stays empty
+        self.waiting = 0  # requests waiting at the gate
+        self._gate = anyio.Semaphore(source.max_size)
+        self._threads = anyio.CapacityLimiter(source.max_size)
+        self._baselines: weakref.WeakKeyDictionary[Any, Baseline] = weakref.WeakKeyDictionary()
+        conninfo, kwargs = source.conninfo, source.kwargs
+        hooks = [field for field in ("configure", "reset") if getattr(settings, field) is not None]
+        provider = settings.password_provider
+        if provider is not None and inspect.iscoroutinefunction(provider):
+            hooks.append("password_provider")
+        if hooks or not isinstance(conninfo, str) or not isinstance(kwargs, dict | None):
+            named = " and ".join(settings.env_var(field) for field in hooks) or "a callable"
+            raise RuntimeError(
+                f"pool {settings.name!r} sets up its connections with {named} (coroutines), "
+                "which the sync pool of get_sync_conn cannot run: use async def endpoints with "
+                "get_conn for this pool"
+            )
+        kwargs = dict(kwargs or {})
+        base = kwargs.get("application_name") or conninfo_to_dict(conninfo).get(
+            "application_name", settings.application_name
+        )
+        self.application_name = f"{str(base)[: 63 - len(_SUFFIX)]}{_SUFFIX}"
+        kwargs["application_name"] = self.application_name
+        self.pool: ConnectionPool[SyncConnection] = ConnectionPool(
+            conninfo,
+            # A sync password provider runs for every new connection (psycopg-pool calls it).
+            kwargs=kwargs if provider is None else _with_password(kwargs, database, provider),
+            min_size=source.min_size,
+            max_size=source.max_size,
+            max_waiting=source.max_waiting,
+            timeout=source.timeout,
+            max_idle=source.max_idle,
+            max_lifetime=source.max_lifetime,
+            reconnect_timeout=source.reconnect_timeout,
+            num_workers=source.num_workers,
+            name=self.name,
+            open=False,
+            connection_class=SyncConnection,
+            configure=self._configure,
+            reset=_reset_session if settings.reset_session else None,
+            check=None if settings.check == "never" else self._check,
+        )
+
+    def __repr__(self) -> str:
+        return f"<SyncPool {self.name!r} {'closed' if self.pool.closed else 'open'}>"
+
+    def redact(self, text: str) -> str:
+        return self.database.redact(text)
+
+    def count_unavailable(self, reason: UnavailableReason) -> None:
+        self.unavailable[reason] += 1
+
+    def open(self) -> None:
+        """Start the pool's workers; connections (min_size) are made in the background."""
+        self.pool.open(wait=False)
+        logger.info(
+            "pool %r opened on first use by a def endpoint (min_size=%d, max_size=%d)",
+            self.name,
+            self.pool.min_size,
+            self.pool.max_size,
+        )
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self.pool.close, self.database.settings.close_timeout)
+        logger.info("pool %r closed", self.name)
+
+    async def acquire(self) -> SyncConnection:
+        """A connection, waited for in the event loop; raises psycopg-pool's errors."""
+        timeout = self.pool.timeout
+        started = monotonic()
+        if self._gate.value == 0 and 0 < self.pool.max_waiting <= self.waiting:
+            raise TooManyRequests(
+                f"the pool {self.name!r} has already {self.waiting} requests waiting"
+            )
+        self.waiting += 1
+        try:
+            with anyio.fail_after(timeout):
+                await self._gate.acquire()
+        except TimeoutError:
+            raise PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec") from None
+        finally:
+            self.waiting -= 1
+        try:  # a slot is ours: a connection is idle or being made
+            left = max(0.05, timeout - (monotonic() - started))
+            return await anyio.to_thread.run_sync(self.pool.getconn, left, limiter=self._threads)
+        except BaseException:
+            self._gate.release()
+            raise
+
+    async def run(self, work: Any, *args: Any) -> Any:
+        """Run a blocking call on a connection this pool lent, off the event loop."""
+        return await anyio.to_thread.run_sync(work, *args, limiter=self._threads)
+
+    def give_back(self, conn: SyncConnection) -> None:
+        """Put back what the borrower changed, then return the connection (blocking)."""
+        try:
+            if not conn.closed and not conn.broken:
+                if conn.pgconn.transaction_status != _IDLE:
+                    conn.rollback()
+                baseline = self._baselines.get(conn)
+                if baseline is not None:
+                    baseline.restore_sync(conn)
+                    baseline.idle_since = monotonic()
+        except Exception as exc:  # a connection that cannot be reset is not lent again
+            logger.warning(
+                "closing a connection that could not be reset: %s",
+                self.redact(f"{type(exc).__name__}: {exc}"),
+            )
+            conn.close()
+        finally:
+            self.pool.putconn(conn)
+
+    def release_slot(self) -> None:
+        self._gate.release()
+
+    def stats(self) -> dict[str, int]:
+        """psycopg-pool's counters, requests waiting at the gate included."""
+        stats = self.pool.get_stats()
+        stats["requests_waiting"] = stats.get("requests_waiting", 0) + self.waiting
+        return stats
+
+    def _configure(self, conn: SyncConnection) -> None:
+        self._baselines[conn] = Baseline(conn)
+
+    def _check(self, conn: SyncConnection) -> None:
+        baseline = self._baselines.get(conn)
+        idle = monotonic() - baseline.idle_since if baseline is not None else float("inf")
+        if self.settings.check == "always" or idle >= self.settings.check_idle_after:
+            ConnectionPool.check_connection(conn)
+
+
+def _with_password(
+    kwargs: dict[str, Any], database: DatabasePool, provider: Callable[[], Any]
+) -> Callable[[], dict[str, Any]]:
+    def resolve() -> dict[str, Any]:
+        try:
+            password = provider()
+            if not isinstance(password, str) or not password:
+                raise TypeError(f"it returned {type(password).__name__}, not a non-empty str")
+        except Exception as exc:
+            settings = database.settings
+            raise ConnectionSetupError(
+                f"pool {settings.name!r}: {settings.env_var('password_provider')} "
+                f"{describe(provider)} failed: {database.redact(f'{type(exc).__name__}: {exc}')}"
+            ) from None
+        database.keep_secret(password, 32)
+        return {**kwargs, "password": password}
+
+    return resolve
+
+
+def _reset_session(conn: SyncConnection) -> None:
+    """DBPOOL_RESET_SESSION: undo session-level SETs before the connection is lent again."""
+    conn.autocommit = True
+    conn.execute("RESET ALL")
+    conn.autocommit = False

@@ -1,0 +1,240 @@
+"""get_sync_conn and SyncConnDep: a pooled psycopg.Connection for plain ``def`` endpoints.
+
+FastAPI runs a ``def`` endpoint in a worker thread (anyio's threadpool, 40 tokens by default),
+where get_conn's AsyncConnection is of no use. get_sync_conn gives it a sync connection, from a
+psycopg ConnectionPool that mirrors the app's default pool (fastapi_dbpool._sync_pool), with
+get_conn's guarantees: one transaction per request, committed before the response is sent,
+rolled back when the endpoint raises; 503 with Retry-After when no connection comes within
+DBPOOL_TIMEOUT; 500 when the commit fails. The pool opens on the first request that asks for
+it (an app that never does pays nothing) and closes with the app's other pools.
+
+check_routes, run by the lifespan at startup, refuses a ``def`` endpoint that takes get_conn's
+AsyncConnection (its queries would be coroutines that never run) and names the fix.
+"""
+
+import inspect
+import logging
+from typing import TYPE_CHECKING, Annotated, Any, cast
+
+import psycopg
+from anyio import CancelScope
+from fastapi import Depends
+from psycopg import AsyncConnection, Transaction
+from psycopg.pq import TransactionStatus
+from starlette.requests import HTTPConnection
+
+from fastapi_dbpool import dependencies
+from fastapi_dbpool._state import POOLS_KEY, _from_state
+from fastapi_dbpool._sync_pool import SyncConnection, SyncPool
+from fastapi_dbpool.dependencies import _before_response
+from fastapi_dbpool.errors import (
+    CommitFailed,
+    CommitOutcomeUnknown,
+    answer_for,
+    reraise,
+    translate,
+)
+from fastapi_dbpool.pools import Databases
+
+if TYPE_CHECKING:
+    from fastapi_dbpool.database import DatabasePool
+
+logger = logging.getLogger("fastapi_dbpool")
+
+_INERROR = TransactionStatus.INERROR
+_IDLE = TransactionStatus.IDLE
+
+_NO_LIFESPAN = (
+    "get_sync_conn needs the app's pools: create the app with FastAPI(lifespan=pool_lifespan) "
+    "or FastAPI(lifespan=create_pool_lifespan(settings))"
+)
+
+
+def sync_pool_of(request: HTTPConnection) -> SyncPool:
+    """The app's sync pool, opened now if no request used it before."""
+    databases = _from_state(request, POOLS_KEY)
+    if not isinstance(databases, Databases):
+        raise RuntimeError(_NO_LIFESPAN)
+    name = databases.default.settings.name
+    pool = databases.sync.get(name)
+    if pool is None:  # no await between the look-up and the store: one pool per app
+        pool = databases.sync[name] = SyncPool(databases.default)
+        pool.open()
+    return pool
+
+
+async def get_sync_conn(request: HTTPConnection) -> SyncConnection:
+    """A pooled psycopg.Connection in a transaction, for ``def`` endpoints: get_conn's rules.
+
+    Committed when the endpoint returns, before the response is sent; rolled back when it
+    raises. The connection comes from a sync pool with the default pool's settings (its
+    application_name ends in ":sync"), waited for in the event loop, not in a thread: a
+    burst larger than the threadpool cannot deadlock it. No connection within DBPOOL_TIMEOUT
+    answers 503 with Retry-After. ``conn.commit()`` and ``conn.rollback()`` are refused.
+    """
+    session = _SyncTransaction(sync_pool_of(request))
+    return await _before_response(request).enter_async_context(session)
+
+
+class _SyncTransaction:
+    """The request's transaction on a sync connection; its blocking calls run in threads."""
+
+    __slots__ = ("conn", "pool")
+
+    def __init__(self, pool: SyncPool) -> None:
+        self.pool = pool
+        self.conn: SyncConnection | None = None
+
+    async def __aenter__(self) -> SyncConnection:
+        try:
+            conn = await self.pool.acquire()
+        except Exception as exc:  # no connection in time, queue full, pool closed: 503
+            reraise(_accounts(self.pool), exc, None)
+        conn.owned = True
+        self.conn = conn
+        return conn
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        conn, pool = self.conn, self.pool
+        assert conn is not None, "exit without enter"
+        with CancelScope(shield=True):  # a cancelled request still rolls back and gives back
+            try:
+                failure = await pool.run(_finish, pool, conn, exc)
+            finally:
+                pool.release_slot()
+        database, async_conn = _accounts(pool), cast(AsyncConnection[Any], conn)
+        if exc is not None:
+            answer_for(database, exc, async_conn)  # 503/504 for pool and connection errors
+            return
+        if failure is not None:
+            _answer_commit_failure(pool, conn, failure)
+
+
+def _finish(pool: SyncPool, conn: SyncConnection, exc: BaseException | None) -> Exception | None:
+    """End the request's transaction and give the connection back (in a worker thread).
+
+    Returns why the commit failed, if it did, for the event loop to answer."""
+    conn.owned = False
+    outer, conn.outer = conn.outer, None
+    try:
+        if exc is not None:
+            _rollback(conn, outer, exc)
+            return None
+        return _commit(conn, outer)
+    finally:
+        pool.give_back(conn)
+
+
+class _LostBeforeCommit(psycopg.OperationalError):
+    """Nothing was committed: the connection was gone when the endpoint returned."""
+
+
+def _commit(conn: SyncConnection, outer: Transaction | None) -> Exception | None:
+    if conn.broken or conn.closed:
+        # Lost under an endpoint that swallowed the error: nothing was committed. 503, not 200.
+        return _LostBeforeCommit("the connection was lost before the commit")
+    status = conn.pgconn.transaction_status
+    if status == _INERROR:
+        # COMMIT of an aborted transaction silently rolls back: never answer 200 then.
+        logger.warning(
+            "the endpoint returned after an SQL error it caught, so nothing could be "
+            "committed; answering 500 (use a savepoint, conn.transaction(), to recover)"
+        )
+        failed = CommitFailed()
+        _rollback(conn, outer, failed)
+        return failed
+    try:
+        if outer is not None:
+            outer.__exit__(None, None, None)
+        elif status != _IDLE:  # IDLE: no statement ran, nothing to commit
+            conn.commit()
+    except psycopg.Error as exc:
+        return exc
+    return None
+
+
+def _rollback(conn: SyncConnection, outer: Transaction | None, exc: BaseException) -> None:
+    try:
+        if outer is not None:
+            outer.__exit__(type(exc), exc, exc.__traceback__)
+        elif not (conn.closed or conn.broken) and conn.pgconn.transaction_status != _IDLE:
+            conn.rollback()
+    except Exception as error:  # the error that got us here matters more
+        logger.warning("rollback failed: %s: %s", type(error).__name__, error)
+
+
+def _answer_commit_failure(pool: SyncPool, conn: SyncConnection, failure: Exception) -> None:
+    """Raise the answer for a failed commit: 503 (lost before), 500 (refused or unknown)."""
+    database, async_conn = _accounts(pool), cast(AsyncConnection[Any], conn)
+    if isinstance(failure, CommitFailed):
+        raise failure
+    if isinstance(failure, _LostBeforeCommit):
+        reraise(database, failure, async_conn)  # 503, as get_conn
+    gone = isinstance(failure, psycopg.OperationalError) and (conn.broken or conn.closed)
+    if gone and isinstance(failure, psycopg.Error) and failure.sqlstate is None:
+        # COMMIT was sent and no answer came: the server may have committed.
+        logger.warning(
+            "connection lost during COMMIT: outcome unknown, answering 500 without "
+            "Retry-After (%s)",
+            pool.redact(f"{type(failure).__name__}: {failure}"),
+        )
+        raise CommitOutcomeUnknown() from failure
+    translated = translate(database, failure, async_conn)
+    if translated is failure:
+        sqlstate = getattr(failure, "sqlstate", None)
+        logger.warning(
+            "commit failed (%s, SQLSTATE %s); answering 500", type(failure).__name__, sqlstate
+        )
+        translated = CommitFailed()
+    raise translated from failure
+
+
+def _accounts(pool: SyncPool) -> "DatabasePool":
+    """The sync pool where errors.py expects a DatabasePool: it reads settings, cut, redact
+    and count_unavailable, which SyncPool has, so 503s are counted under the sync pool."""
+    return cast("DatabasePool", pool)
+
+
+# The dependencies of fastapi_dbpool.dependencies that hand out async connections or pools.
+_ASYNC_PREFIXES = ("get_conn", "get_read_conn", "get_stream_conn", "get_pool")
+
+
+def check_routes(app: object) -> None:
+    """Refuse, at startup, a ``def`` endpoint that takes an async connection (get_conn & co):
+    FastAPI runs it in a thread, where every query would be a coroutine that never runs."""
+    overrides = getattr(app, "dependency_overrides", {}) or {}
+    for route in getattr(app, "routes", ()):
+        dependant = getattr(route, "dependant", None)
+        endpoint = getattr(route, "endpoint", None)
+        if dependant is None or not _is_plain_def(endpoint):
+            continue
+        for sub in dependant.dependencies:
+            call = sub.call
+            if sub.name is None or call in overrides or not _hands_out_async(call):
+                continue
+            methods = ",".join(sorted(getattr(route, "methods", None) or ()))
+            raise RuntimeError(
+                f"route {methods} {getattr(route, 'path', '?')}: the def endpoint "
+                f"{getattr(endpoint, '__qualname__', endpoint)!r} takes {sub.name!r} from "
+                f"{call.__name__}, an async connection, but FastAPI runs a def endpoint in a "
+                "worker thread where its queries would never run. Take SyncConnDep "
+                "(fastapi_dbpool.get_sync_conn) instead, or make the endpoint async def"
+            )
+
+
+def _is_plain_def(endpoint: Any) -> bool:
+    function = inspect.unwrap(endpoint) if callable(endpoint) else None
+    return (inspect.isfunction(function) or inspect.ismethod(function)) and not (
+        inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
+    )
+
+
+def _hands_out_async(call: Any) -> bool:
+    return getattr(call, "__module__", None) == dependencies.__name__ and str(
+        getattr(call, "__name__", "")
+    ).startswith(_ASYNC_PREFIXES)
+
+
+SyncConnDep = Annotated[psycopg.Connection[Any], Depends(get_sync_conn)]
