@@ -12,18 +12,17 @@ from typing import Any
 
 import httpx2
 import pytest
-from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi import Cookie, Depends, FastAPI, Header, HTTPException
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastapi_dbpool import create_pool_lifespan, pool_router
+from fastapi_dbpool import ConnDep, create_pool_lifespan, pool_lifespan, pool_router
 from fastapi_dbpool.testing import DatabaseServer
 from tests.support import ROOT, serve_app
 
 from .conftest import SettingsFactory, build_app
 
 ClientFor = Callable[[FastAPI], TestClient]
-APP = "tests.integration.uvicorn_app:app"
 GRAFANA = ROOT / "docs" / "grafana" / "fastapi_dbpool.json"
 CAUSES = ("pool_timeout", "queue_full", "pool_closed", "connection_lost")
 
@@ -159,6 +158,26 @@ def test_grafana_dashboard_uses_a_datasource_input_and_a_pool_variable() -> None
 # --- In a real browser ----------------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+TOKEN = "letmein"
+
+
+def _require_cookie(token: str = Cookie(default="")) -> None:
+    if token != TOKEN:
+        raise HTTPException(403, "missing or wrong token cookie")
+
+
+# Served by uvicorn below: the router under a prefix, behind a cookie a browser sends itself.
+protected_app = FastAPI(lifespan=pool_lifespan)
+protected_app.include_router(
+    pool_router, prefix="/internal", dependencies=[Depends(_require_cookie)]
+)
+
+
+@protected_app.get("/sleep")
+async def _sleep(conn: ConnDep, seconds: float = 0.2) -> dict[str, float]:
+    await conn.execute("SELECT pg_sleep(%s)", (seconds,))
+    return {"slept": seconds}
+
 
 # Per pool: every figure's data-value, and per chart the points and the largest value of
 # each series, read from the DOM as a user's browser built it.
@@ -219,17 +238,22 @@ def test_dashboard_draws_the_pools_of_a_real_app_under_load(
         "DBPOOL_REPLICA_MIN_SIZE": "1",
         "DBPOOL_REPLICA_MAX_SIZE": "3",
     }
+    target = "tests.integration.test_dashboard:protected_app"
     with (
-        serve_app(APP, env) as app,
+        serve_app(target, env, ready_path="/sleep?seconds=0") as app,
         sync_api.sync_playwright() as playwright,
-        httpx2.Client(base_url=app.base, timeout=10) as client,
+        httpx2.Client(base_url=app.base, timeout=10, cookies={"token": TOKEN}) as client,
     ):
         try:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         except sync_api.Error as error:
             pytest.skip(f"{CHROMIUM} does not start under playwright: {error}")
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(f"{app.base}/pool/dashboard?interval=0.25&minutes=1")
+        url = f"{app.base}/internal/pool/dashboard?interval=0.25&minutes=1"
+        response = page.goto(url)
+        assert response is not None and response.status == 403
+        page.context.add_cookies([{"name": "token", "value": TOKEN, "url": app.base}])
+        page.goto(url)  # polls internal/pool/stats, relative to itself, sending the cookie
         _wait_for_polls(page, 2)
 
         # Bounded load: 6 clients, 24 requests holding a connection 0.2 s each.
@@ -245,10 +269,10 @@ def test_dashboard_draws_the_pools_of_a_real_app_under_load(
         assert _polls(page) > polls_before_load, "no poll while the load ran"
 
         # The load is over: the page's numbers now match /pool/stats at about the same time.
-        before = client.get("/pool/stats").json()
+        before = client.get("/internal/pool/stats").json()
         _wait_for_polls(page, _polls(page) + 2)
         dom = page.evaluate(READ_DOM)
-        after = client.get("/pool/stats").json()
+        after = client.get("/internal/pool/stats").json()
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
 
         assert set(dom["pools"]) == set(after["pools"]) == {"fastapi_dbpool", "replica"}
