@@ -61,4 +61,4 @@ async def pool_metrics(databases: _Databases) -> Response:
 )
 async def pool_dashboard() -> HTMLResponse:
     """A self-contained page (no external asset) that polls /pool/stats and draws each pool."""
-    return HTMLResponse(dashboard.page())
+    return dashboard.response()

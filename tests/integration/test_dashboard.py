@@ -33,6 +33,7 @@ def test_dashboard_is_one_page_with_no_external_asset(
     response = client_for(build_app(make_settings())).get("/pool/dashboard")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in response.headers["content-security-policy"]
     page = response.text
     assert '<meta name="viewport"' in page
     # Nothing fetched from elsewhere: no absolute src/href/url(), no import.
@@ -253,6 +254,12 @@ def test_dashboard_draws_the_pools_of_a_real_app_under_load(
         response = page.goto(url)
         assert response is not None and response.status == 403
         page.context.add_cookies([{"name": "token", "value": TOKEN, "url": app.base}])
+        errors: list[str] = []  # script errors, refused requests, policy violations
+        page.on(
+            "console",
+            lambda message: errors.append(message.text) if message.type == "error" else None,
+        )
+        page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto(url)  # polls internal/pool/stats, relative to itself, sending the cookie
         _wait_for_polls(page, 2)
 
@@ -324,4 +331,5 @@ def test_dashboard_draws_the_pools_of_a_real_app_under_load(
         widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
         assert widths[0] <= widths[1]
         page.screenshot(path=str(tmp_path / "dashboard-phone.png"), full_page=True)
+        assert errors == []
         browser.close()
