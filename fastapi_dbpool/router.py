@@ -1,11 +1,11 @@
-"""pool_router: GET /health/db, GET /pool/stats and GET /pool/metrics, for every pool."""
+"""pool_router: GET /health/db, /pool/stats, /pool/metrics and /pool/dashboard, for every pool."""
 
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
-from fastapi_dbpool import _endpoints
+from fastapi_dbpool import _endpoints, dashboard
 from fastapi_dbpool.dependencies import get_databases
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.stats import AppPoolStats, Health, snapshot_all
@@ -54,3 +54,11 @@ async def pool_stats(databases: _Databases) -> AppPoolStats:
 async def pool_metrics(databases: _Databases) -> Response:
     """Gauges, counters and histograms of every pool, labelled by pool name."""
     return _endpoints.metrics_text(databases)
+
+
+@pool_router.get(
+    "/pool/dashboard", response_class=HTMLResponse, summary="A live page of every pool"
+)
+async def pool_dashboard() -> HTMLResponse:
+    """A self-contained page (no external asset) that polls /pool/stats and draws each pool."""
+    return dashboard.response()

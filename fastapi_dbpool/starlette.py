@@ -30,7 +30,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from fastapi_dbpool import _endpoints
+from fastapi_dbpool import _endpoints, dashboard
 from fastapi_dbpool._state import database_of, databases_of, leases_of, named_pool
 from fastapi_dbpool.errors import DatabaseHTTPError
 from fastapi_dbpool.options import Isolation, TransactionOptions
@@ -95,7 +95,8 @@ headers)."""
 
 
 def pool_routes() -> list[BaseRoute]:
-    """GET /health/db, /health/ready, /pool/stats and /pool/metrics, as pool_router serves them."""
+    """GET /health/db, /health/ready, /pool/stats, /pool/metrics and /pool/dashboard, as
+    pool_router serves them."""
 
     async def health_db(request: Request) -> Response:
         return await _endpoints.health(databases_of(request))
@@ -109,9 +110,13 @@ def pool_routes() -> list[BaseRoute]:
     async def pool_metrics(request: Request) -> Response:
         return _endpoints.metrics_text(databases_of(request))
 
+    async def pool_dashboard(request: Request) -> Response:
+        return dashboard.response()
+
     return [
         Route("/health/db", health_db, methods=["GET"]),
         Route("/health/ready", health_ready, methods=["GET"]),
         Route("/pool/stats", pool_stats, methods=["GET"]),
         Route("/pool/metrics", pool_metrics, methods=["GET"]),
+        Route("/pool/dashboard", pool_dashboard, methods=["GET"]),
     ]

@@ -115,6 +115,9 @@ def test_the_pool_routes_answer_as_pool_router_does(
         metrics = client.get("/pool/metrics")
         assert metrics.status_code == 200
         assert 'dbpool_connections_max{pool="fastapi_dbpool"} 2.0' in metrics.text
+        page = client.get("/pool/dashboard")
+        assert page.status_code == 200 and page.text.startswith("<!doctype html>")
+        assert "connect-src 'self'" in page.headers["content-security-policy"]
     assert database_server.password
     assert database_server.password not in served.output()
     assert observer.count("starlette-app") >= 1
