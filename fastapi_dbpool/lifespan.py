@@ -12,6 +12,8 @@ AppT = TypeVar("AppT")
 Lifespan = Callable[[AppT], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 SettingsSource = PoolSettings | Callable[[], PoolSettings]
 NamedPools = Mapping[str, SettingsSource] | Sequence[str]
+# app.state attribute: callables given the pools before they open (fastapi_dbpool.otel).
+BEFORE_OPEN_KEY = "dbpool_before_open"
 
 
 def create_pool_lifespan(
@@ -34,9 +36,11 @@ def create_pool_lifespan(
     async def _lifespan(app: AppT) -> AsyncIterator[dict[str, Any]]:
         default = _resolve(settings)
         databases = Databases.build(default, _named(default, pools))
+        state = getattr(app, "state", None)
+        for hook in getattr(state, BEFORE_OPEN_KEY, ()):
+            hook(databases)
         await databases.open()
         databases.drain.install(default.drain_seconds)
-        state = getattr(app, "state", None)
         if state is not None:
             setattr(state, STATE_KEY, databases.default)
             setattr(state, POOLS_KEY, databases)
