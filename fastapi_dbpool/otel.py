@@ -6,6 +6,7 @@ them. Gauges and counters are read from the pools when the MeterProvider collect
 times each checkout and each new connection. Nothing here is imported unless the app asks for it.
 """
 
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from time import monotonic
 from typing import Any, Protocol
@@ -40,14 +41,13 @@ class _App(Protocol):
     state: Any
 
 
-class PoolInstruments:
-    """The instruments of the semantic conventions' connection pool metrics, on one meter.
-
-    instrument() makes one per app; attach() is for pools opened without the lifespan."""
+class _Instruments:
+    """The instruments on one meter, shared by every app that reports through it: a meter
+    keeps the first instrument of each name (and its callbacks), so a second app's would be
+    dropped."""
 
     def __init__(self, meter: Meter) -> None:
-        self._databases: list[DatabasePool] = []
-        self._attributes: dict[str, Attributes] = {}
+        self.apps: weakref.WeakSet[PoolInstruments] = weakref.WeakSet()
         self.create_time = _histogram(meter, "create_time", "The time it took to create a new "
                                       "connection.")  # fmt: skip
         self.wait_time = _histogram(meter, "wait_time", "The time it took to obtain an open "
@@ -77,35 +77,9 @@ class PoolInstruments:
             "a connection from the pool.",
         )
 
-    def attach(self, databases: Databases | Iterable[DatabasePool]) -> None:
-        """Report these pools from now on, in place of the ones attached before.
-
-        Call it before the pools open: the histograms hook into each pool's checkout timings
-        and connection class, which must not change while connections are lent."""
-        pools = list(databases)
-        for database in pools:
-            if not database.pool.closed:
-                raise RuntimeError(
-                    f"pool {database.settings.name!r} is open: attach OpenTelemetry before the "
-                    "pools open (fastapi_dbpool.otel.instrument(app) before the app starts)"
-                )
-        self._databases = pools
-        self._attributes = {}
-        for database in pools:
-            attributes = {POOL_NAME: database.settings.name}
-            self._attributes[database.settings.name] = attributes
-            pool = database.pool
-            pool.connection_class = _timed(pool.connection_class, self.create_time, attributes)
-            recorder = database.recorder
-            if recorder is not None:  # DBPOOL_METRICS=false: no checkout timings to hook
-                recorder.wait = _Recorded(self.wait_time, attributes)
-                recorder.hold = _Recorded(self.use_time, attributes)
-
     def _open(self) -> Iterator[tuple[DatabasePool, Attributes, dict[str, int]]]:
-        for database in self._databases:
-            if not database.pool.closed:
-                name = database.settings.name
-                yield database, self._attributes[name], database.pool.get_stats()
+        for app in list(self.apps):
+            yield from app.open_pools()
 
     def _count(self, options: CallbackOptions) -> Iterator[Observation]:
         for _, attributes, stats in self._open():
@@ -122,6 +96,59 @@ class PoolInstruments:
     def _timeouts(self, options: CallbackOptions) -> Iterator[Observation]:
         for database, attributes, _ in self._open():
             yield Observation(database.unavailable["pool_timeout"], attributes)
+
+
+# One _Instruments per meter, as long as the meter lives.
+_BY_METER: "weakref.WeakKeyDictionary[Meter, _Instruments]" = weakref.WeakKeyDictionary()
+
+
+class PoolInstruments:
+    """One app's pools, reported through the semantic conventions' instruments of a meter.
+
+    instrument() makes one per app; attach() is for pools opened without the lifespan."""
+
+    def __init__(self, meter: Meter) -> None:
+        instruments = _BY_METER.get(meter)
+        if instruments is None:
+            instruments = _BY_METER[meter] = _Instruments(meter)
+        instruments.apps.add(self)
+        self._instruments = instruments
+        self._databases: list[DatabasePool] = []
+        self._attributes: dict[str, Attributes] = {}
+
+    def attach(self, databases: Databases | Iterable[DatabasePool]) -> None:
+        """Report these pools from now on, in place of the ones attached before.
+
+        Call it before the pools open: the histograms hook into each pool's checkout timings
+        and connection class, which must not change while connections are lent."""
+        pools = list(databases)
+        for database in pools:
+            if not database.pool.closed:
+                raise RuntimeError(
+                    f"pool {database.settings.name!r} is open: attach OpenTelemetry before the "
+                    "pools open (fastapi_dbpool.otel.instrument(app) before the app starts)"
+                )
+        instruments = self._instruments
+        self._databases = pools
+        self._attributes = {}
+        for database in pools:
+            attributes = {POOL_NAME: database.settings.name}
+            self._attributes[database.settings.name] = attributes
+            pool = database.pool
+            pool.connection_class = _timed(
+                pool.connection_class, instruments.create_time, attributes
+            )
+            recorder = database.recorder
+            if recorder is not None:  # DBPOOL_METRICS=false: no checkout timings to hook
+                recorder.wait = _Recorded(instruments.wait_time, attributes)
+                recorder.hold = _Recorded(instruments.use_time, attributes)
+
+    def open_pools(self) -> Iterator[tuple[DatabasePool, Attributes, dict[str, int]]]:
+        """(pool, its attributes, its psycopg-pool stats) of every attached pool open now."""
+        for database in self._databases:
+            if not database.pool.closed:
+                name = database.settings.name
+                yield database, self._attributes[name], database.pool.get_stats()
 
 
 def instrument(app: _App, meter_provider: MeterProvider | None = None) -> PoolInstruments:

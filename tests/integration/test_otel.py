@@ -118,6 +118,24 @@ def test_timings_off_still_report_the_pool(
     assert create.count >= 2
 
 
+def test_two_apps_report_through_one_meter_provider(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    for name, size in (("first", 1), ("second", 2)):
+        app = build_app(make_settings(name=name, min_size=size, max_size=3))
+        otel.instrument(app, meter_provider=provider)
+        assert client_for(app).get("/value").status_code == 200
+    metrics = collect(reader)
+    maxima = {p.attributes[otel.POOL_NAME]: p.value for p in metrics["db.client.connection.max"][1]}
+    assert maxima == {"first": 3, "second": 3}
+    minima = metrics["db.client.connection.idle.min"][1]
+    assert {p.attributes[otel.POOL_NAME]: p.value for p in minima} == {"first": 1, "second": 2}
+    uses = metrics["db.client.connection.use_time"][1]
+    assert {p.attributes[otel.POOL_NAME]: p.count for p in uses} == {"first": 1, "second": 1}
+
+
 def test_instrument_twice_is_refused(make_settings: SettingsFactory) -> None:
     app = build_app(make_settings())
     otel.instrument(app, meter_provider=MeterProvider())
