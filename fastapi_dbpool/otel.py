@@ -107,12 +107,13 @@ class PoolInstruments:
 
     instrument() makes one per app; attach() is for pools opened without the lifespan."""
 
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self, meter: Meter, checkout_histograms: bool = True) -> None:
         instruments = _BY_METER.get(meter)
         if instruments is None:
             instruments = _BY_METER[meter] = _Instruments(meter)
         instruments.apps.add(self)
         self._instruments = instruments
+        self._checkout_histograms = checkout_histograms
         self._databases: list[DatabasePool] = []
         self._attributes: dict[str, Attributes] = {}
 
@@ -139,7 +140,8 @@ class PoolInstruments:
                 pool.connection_class, instruments.create_time, attributes
             )
             recorder = database.recorder
-            if recorder is not None:  # DBPOOL_METRICS=false: no checkout timings to hook
+            # DBPOOL_METRICS=false: no checkout timings to hook.
+            if recorder is not None and self._checkout_histograms:
                 recorder.wait = _Recorded(instruments.wait_time, attributes)
                 recorder.hold = _Recorded(instruments.use_time, attributes)
 
@@ -151,14 +153,19 @@ class PoolInstruments:
                 yield database, self._attributes[name], database.pool.get_stats()
 
 
-def instrument(app: _App, meter_provider: MeterProvider | None = None) -> PoolInstruments:
+def instrument(
+    app: _App, meter_provider: MeterProvider | None = None, *, checkout_histograms: bool = True
+) -> PoolInstruments:
     """Report app's pools through OpenTelemetry: call it before the app starts.
 
-    meter_provider: the global one (opentelemetry.metrics.set_meter_provider) by default."""
+    meter_provider: the global one (opentelemetry.metrics.set_meter_provider) by default.
+    checkout_histograms=False leaves out wait_time and use_time, the only instruments that
+    cost something per checkout (two samples through the SDK, see docs/observability.md)."""
     hooks: list[Callable[[Databases], None]] = list(getattr(app.state, BEFORE_OPEN_KEY, ()))
     if any(isinstance(getattr(hook, "__self__", None), PoolInstruments) for hook in hooks):
         raise RuntimeError("fastapi_dbpool.otel.instrument(app) was already called for this app")
-    instruments = PoolInstruments(get_meter("fastapi_dbpool", __version__, meter_provider))
+    meter = get_meter("fastapi_dbpool", __version__, meter_provider)
+    instruments = PoolInstruments(meter, checkout_histograms)
     setattr(app.state, BEFORE_OPEN_KEY, [*hooks, instruments.attach])
     return instruments
 

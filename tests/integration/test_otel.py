@@ -104,15 +104,21 @@ def test_metrics_follow_the_semantic_conventions(
     assert create.count >= 1 and 0 < create.max < 5  # the connection made at open
 
 
-def test_timings_off_still_report_the_pool(
-    make_settings: SettingsFactory, client_for: ClientFor
+@pytest.mark.parametrize("off", ["DBPOOL_METRICS=false", "checkout_histograms=False"])
+def test_without_checkout_histograms_the_pool_is_still_reported(
+    make_settings: SettingsFactory, client_for: ClientFor, off: str
 ) -> None:
     reader = InMemoryMetricReader()
-    app = build_app(make_settings(metrics=False, min_size=2))
-    otel.instrument(app, meter_provider=MeterProvider(metric_readers=[reader]))
+    app = build_app(make_settings(metrics=off != "DBPOOL_METRICS=false", min_size=2))
+    otel.instrument(
+        app,
+        meter_provider=MeterProvider(metric_readers=[reader]),
+        checkout_histograms=off != "checkout_histograms=False",
+    )
     assert client_for(app).get("/value").status_code == 200
     metrics = collect(reader)
-    assert "db.client.connection.use_time" not in metrics  # DBPOOL_METRICS=false: not timed
+    assert "db.client.connection.use_time" not in metrics
+    assert "db.client.connection.wait_time" not in metrics
     assert value(metrics["db.client.connection.count"][1], state="idle") == 2
     (create,) = metrics["db.client.connection.create_time"][1]
     assert create.count >= 2
