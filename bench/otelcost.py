@@ -39,9 +39,7 @@ async def _pairs(url: str, pairs: int, slice_s: float) -> dict[bool, list[float]
     recorder = database.recorder
     assert recorder is not None
     plain = (Distribution(), Distribution())
-    PoolInstruments(MeterProvider(metric_readers=[InMemoryMetricReader()]).get_meter("x")).attach(
-        [database]
-    )
+    PoolInstruments(MeterProvider(metric_readers=[InMemoryMetricReader()])).attach([database])
     recorded = (recorder.wait, recorder.hold)
     await database.open()
     await database.pool.wait()
@@ -64,8 +62,8 @@ async def _pairs(url: str, pairs: int, slice_s: float) -> dict[bool, list[float]
 
 def record_cost(samples: int = 100_000) -> tuple[float, float]:
     """ns per Distribution.add, plain and recording into an SDK histogram (best of 5)."""
-    meter = MeterProvider(metric_readers=[InMemoryMetricReader()]).get_meter("x")
-    recorded = _Recorded(_Instruments(meter).wait_time, {POOL_NAME: "default"})
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    recorded = _Recorded(_Instruments(provider).wait_time, {POOL_NAME: "default"})
     plain = Distribution()
     best = [
         min(timeit.repeat(partial(item.add, 0.5), number=samples, repeat=5)) / samples * 1e9

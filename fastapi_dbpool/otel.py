@@ -42,11 +42,12 @@ class _App(Protocol):
 
 
 class _Instruments:
-    """The instruments on one meter, shared by every app that reports through it: a meter
-    keeps the first instrument of each name (and its callbacks), so a second app's would be
-    dropped."""
+    """The instruments of one MeterProvider, shared by every app that reports through it: a
+    meter keeps the first instrument of each name (and its callbacks), so a second app's would
+    be dropped."""
 
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self, provider: MeterProvider | None) -> None:
+        meter = get_meter("fastapi_dbpool", __version__, provider)
         self.apps: weakref.WeakSet[PoolInstruments] = weakref.WeakSet()
         self.create_time = _histogram(meter, "create_time", "The time it took to create a new "
                                       "connection.")  # fmt: skip
@@ -98,19 +99,28 @@ class _Instruments:
             yield Observation(database.unavailable["pool_timeout"], attributes)
 
 
-# One _Instruments per meter, as long as the meter lives.
-_BY_METER: "weakref.WeakKeyDictionary[Meter, _Instruments]" = weakref.WeakKeyDictionary()
+class _Global:
+    """The key of the global MeterProvider, whether the application has set it yet or not."""
+
+
+_GLOBAL = _Global()
+# One _Instruments per MeterProvider, as long as the provider lives.
+_SHARED: "weakref.WeakKeyDictionary[object, _Instruments]" = weakref.WeakKeyDictionary()
 
 
 class PoolInstruments:
-    """One app's pools, reported through the semantic conventions' instruments of a meter.
+    """One app's pools, reported through the semantic conventions' instruments.
 
-    instrument() makes one per app; attach() is for pools opened without the lifespan."""
+    instrument(app) makes one per app; for pools opened without the lifespan, make one and
+    attach() the pools before they open."""
 
-    def __init__(self, meter: Meter, checkout_histograms: bool = True) -> None:
-        instruments = _BY_METER.get(meter)
+    def __init__(
+        self, meter_provider: MeterProvider | None = None, checkout_histograms: bool = True
+    ) -> None:
+        key = _GLOBAL if meter_provider is None else meter_provider
+        instruments = _SHARED.get(key)
         if instruments is None:
-            instruments = _BY_METER[meter] = _Instruments(meter)
+            instruments = _SHARED[key] = _Instruments(meter_provider)
         instruments.apps.add(self)
         self._instruments = instruments
         self._checkout_histograms = checkout_histograms
@@ -164,8 +174,7 @@ def instrument(
     hooks: list[Callable[[Databases], None]] = list(getattr(app.state, BEFORE_OPEN_KEY, ()))
     if any(isinstance(getattr(hook, "__self__", None), PoolInstruments) for hook in hooks):
         raise RuntimeError("fastapi_dbpool.otel.instrument(app) was already called for this app")
-    meter = get_meter("fastapi_dbpool", __version__, meter_provider)
-    instruments = PoolInstruments(meter, checkout_histograms)
+    instruments = PoolInstruments(meter_provider, checkout_histograms)
     setattr(app.state, BEFORE_OPEN_KEY, [*hooks, instruments.attach])
     return instruments
 
