@@ -289,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = RESULTS / (stamp + ("-quick" if args.quick else ""))
     run_dir.mkdir(parents=True, exist_ok=True)
     load.wrk_path()  # fail before starting anything
+    charts.require()
     scripts = load.write_scripts(run_dir)
     metrics = "metrics" in PoolSettings.model_fields
     notes: list[str] = []

@@ -24,6 +24,14 @@ CHARTS = {
 OURS = ("dbpool", "dbpool-nometrics", "dbpool-read")  # drawn bold
 
 
+def require() -> None:
+    """Fail before a run, not after it, when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SystemExit('bench: the charts need matplotlib: pip install -e ".[bench]"') from None
+
+
 def write(results: dict[str, Any], out: Path = IMAGES) -> list[Path]:
     """One SVG per entry of CHARTS, into out; returns their paths."""
     import matplotlib  # the bench extra: imported here so that the tables never need it
