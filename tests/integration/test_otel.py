@@ -182,12 +182,6 @@ def forget_opentelemetry():
 if os.environ["REFUSE"] == "1":
     forget_opentelemetry()
     sys.meta_path.insert(0, Refuser())
-else:
-    from opentelemetry.metrics import set_meter_provider
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    reader = InMemoryMetricReader()
-    set_meter_provider(MeterProvider(metric_readers=[reader]))
 
 from fastapi_dbpool import ConnDep, PoolSettings, create_pool_lifespan, pool_router
 
@@ -215,6 +209,15 @@ def run(app, collected):
             out[collected] = names()  # while the pool is open
 
 out = {"statuses": []}
+if os.environ["REFUSE"] == "0":
+    from fastapi_dbpool import otel
+    from opentelemetry.metrics import set_meter_provider
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    instrumented = make_app()
+    otel.instrument(instrumented)  # the global MeterProvider, before the SDK sets it
+    reader = InMemoryMetricReader()
+    set_meter_provider(MeterProvider(metric_readers=[reader]))
 run(make_app(), "" if os.environ["REFUSE"] == "1" else "without_instrument")
 if os.environ["REFUSE"] == "1":
     out["refused"] = list(refused)
@@ -225,10 +228,7 @@ if os.environ["REFUSE"] == "1":
     except ImportError as exc:
         out["error"] = str(exc)
 else:
-    from fastapi_dbpool import otel
-    app = make_app()
-    otel.instrument(app)  # the global MeterProvider
-    run(app, "with_instrument")
+    run(instrumented, "with_instrument")
 print(json.dumps(out))
 """
 
