@@ -3,7 +3,8 @@
 python -m bench                 full run (~12 min on 2 cores), writes docs/performance.md
 python -m bench --quick         c=16 and c=64, short rounds; prints, writes no docs
 python -m bench --dsn URL       use this PostgreSQL instead of an embedded one
-python -m bench --report FILE   rewrite docs/performance.md from a raw JSON result
+python -m bench --report FILE   rewrite docs/performance.md (and its charts) from a raw JSON result
+python -m bench.charts [FILE]   only the charts (docs/images/bench-*.svg) from a raw JSON result
 python -m bench --profile       py-spy on variant 1 under load (see bench/profile.py)
 python -m bench --overhead      only the DBPOOL_METRICS on/off pairs (see bench/overhead.py)
 python -m bench --scaleout      2 uvicorn workers, direct vs PgBouncer (see bench/scaleout.py)
@@ -24,8 +25,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench import charts, load, overhead, pgbouncer, poolloop, report, scaleout, servers
 from bench import database as dbmod
-from bench import load, overhead, pgbouncer, poolloop, report, scaleout, servers
 from bench.variants import VARIANTS, Variant
 from fastapi_dbpool import PoolSettings
 
@@ -288,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = RESULTS / (stamp + ("-quick" if args.quick else ""))
     run_dir.mkdir(parents=True, exist_ok=True)
     load.wrk_path()  # fail before starting anything
+    charts.require()
     scripts = load.write_scripts(run_dir)
     metrics = "metrics" in PoolSettings.model_fields
     notes: list[str] = []
@@ -329,8 +331,16 @@ def run(args: argparse.Namespace) -> int:
     json_path = run_dir / "results.json"
     results["meta"] = _meta(stamp, started, versions, json_path, load_before)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
+    written = charts.write(results, run_dir)  # beside the raw results, quick runs too
+    print(f"bench: charts {', '.join(str(path.relative_to(ROOT)) for path in written)}")
     return _publish(args, started, results, json_path, report.render(results),
-                    lambda: report.write(results, DOC), DOC)  # fmt: skip
+                    lambda: write_docs(results), DOC)  # fmt: skip
+
+
+def write_docs(results: dict[str, Any]) -> None:
+    """The generated part of docs/performance.md and the charts it shows."""
+    report.write(results, DOC)
+    charts.write(results)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM and SIGINT unwind through every finally: apps and PostgreSQL are stopped.
     signal.signal(signal.SIGTERM, _terminate)
     if args.report:
-        report.write(json.loads(args.report.read_text()), DOC)
+        write_docs(json.loads(args.report.read_text()))
         return 0
     try:
         if args.profile:

@@ -128,6 +128,13 @@ def render(results: dict[str, Any]) -> str:
     if results.get("overhead"):
         out.append("### Instrumentation overhead (DBPOOL_METRICS on / off, paired)\n")
         out.append(_overhead_table(results["overhead"]))
+    out.append("### req/s and p99 by concurrency\n")
+    out.append(
+        "Drawn from the same run by `bench/charts.py` (`python -m bench.charts FILE` redraws "
+        "them from a raw result): bold lines are this package's variants.\n"
+    )
+    out.append("![req/s by concurrency](images/bench-rps.svg)\n")
+    out.append("![p99 latency by concurrency](images/bench-p99.svg)\n")
     for level_name, level in results["http"].items():
         out.append(f"### Concurrency {level_name.removeprefix('c')}\n")
         out.append(level_table(level))

@@ -6,8 +6,9 @@ The first screen of the README is here: the lifespan, the connection dependencie
 ``autocommit`` for lifespans and background work), ``fastapi_dbpool.database`` and
 ``fastapi_dbpool.pools`` (``DatabasePool``, ``Databases``), ``fastapi_dbpool.dependencies``
 (``get_database``, ``get_database_for``), ``fastapi_dbpool.stats`` (the response models) and
-``fastapi_dbpool.testing`` (the pytest plugin) and ``fastapi_dbpool.starlette`` (the same
-guarantees for a plain Starlette app, without FastAPI).
+``fastapi_dbpool.testing`` (the pytest plugin), ``fastapi_dbpool.starlette`` (the same
+guarantees for a plain Starlette app, without FastAPI) and ``fastapi_dbpool.otel``
+(OpenTelemetry's pool metrics, with the ``otel`` extra).
 """
 
 from importlib import import_module

@@ -14,6 +14,8 @@ AppT = TypeVar("AppT")
 Lifespan = Callable[[AppT], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 SettingsSource = PoolSettings | Callable[[], PoolSettings]
 NamedPools = Mapping[str, SettingsSource] | Sequence[str]
+# app.state attribute: callables given the pools before they open (fastapi_dbpool.otel).
+BEFORE_OPEN_KEY = "dbpool_before_open"
 
 
 def create_pool_lifespan(
@@ -47,9 +49,11 @@ def create_pool_lifespan(
         default = _with_hooks(_resolve(settings), hooks)
         named = [_with_hooks(each, hooks) for each in _named(default, pools)]
         databases = Databases.build(default, named)
+        state = getattr(app, "state", None)
+        for hook in getattr(state, BEFORE_OPEN_KEY, ()):
+            hook(databases)
         await databases.open()
         databases.drain.install(default.drain_seconds)
-        state = getattr(app, "state", None)
         if state is not None:
             setattr(state, STATE_KEY, databases.default)
             setattr(state, POOLS_KEY, databases)

@@ -31,6 +31,7 @@ from urllib.parse import quote
 import psycopg
 from fastapi.testclient import TestClient
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import BaseModel
 from sybil import Example, Region, Sybil
 from sybil.evaluators.python import PythonEvaluator
 from sybil.parsers.markdown import CodeBlockParser
@@ -197,7 +198,7 @@ def check_response(example: Example) -> None:
 
 
 def _unknown_keys(data: Any, model: Any, path: str = "") -> list[str]:
-    if not hasattr(model, "model_fields"):
+    if not isinstance(model, BaseModel):
         return []
     unknown = []
     for key, value in data.items():
