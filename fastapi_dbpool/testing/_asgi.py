@@ -66,15 +66,21 @@ async def running_lifespan(app: ASGIApp) -> AsyncIterator[dict[str, Any]]:
                 raise raised[0]
             raise LifespanFailed(message.get("message") or f"lifespan.{event}.failed")
 
+    failure: BaseException | None = None
     async with anyio.create_task_group() as group:
         group.start_soon(run)
-        await to_app_tx.send({"type": "lifespan.startup"})
-        await expect("startup")
         try:
-            yield state
-        finally:
-            await to_app_tx.send({"type": "lifespan.shutdown"})
-            await expect("shutdown")
+            await to_app_tx.send({"type": "lifespan.startup"})
+            await expect("startup")
+            try:
+                yield state
+            finally:
+                await to_app_tx.send({"type": "lifespan.shutdown"})
+                await expect("shutdown")
+        except BaseException as exc:  # re-raised below, outside the group that would wrap it
+            failure = exc
+    if failure is not None:
+        raise failure
 
 
 @asynccontextmanager

@@ -4,6 +4,7 @@ import itertools
 import os
 import secrets
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -22,6 +23,14 @@ def name_prefix() -> str:
     """dbpool_<xdist worker>_<random>: distinct per worker and per session on a shared server."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     return f"dbpool_{worker}_{secrets.token_hex(3)}"[: _MAX_NAME - 10]
+
+
+def with_database(url: str, name: str) -> str:
+    """url (a URI or key=value conninfo) pointing at the database name instead."""
+    parts = urlsplit(url)
+    if parts.scheme in ("postgresql", "postgres"):
+        return urlunsplit(parts._replace(path="/" + quote(name, safe="")))
+    return make_conninfo(url, dbname=name)
 
 
 class TemplateDatabases:
@@ -49,8 +58,9 @@ class TemplateDatabases:
         return f"<TemplateDatabases {self.template!r} strategy={self._strategy}>"
 
     def url(self, name: str) -> str:
-        """The application role's URL for the database name."""
-        return make_conninfo(self.server.url, dbname=name)
+        """The application role's URL for the database name (a URL if the server's is one,
+        as migration tools such as Alembic and yoyo take only URLs)."""
+        return with_database(self.server.url, name)
 
     def build(self, schema: SchemaSource) -> None:
         """Create the template and build the schema in it, as the application role."""

@@ -111,6 +111,37 @@ def _bin_dir() -> Path:
     return bin_dir
 
 
+def _traversable(path: Path) -> bool:
+    """True when any user may traverse path and each of its parents (o+x)."""
+    try:
+        return all(p.stat().st_mode & 0o001 for p in (path, *path.parents))
+    except OSError:
+        return False
+
+
+def _temp_root(server_user: str | None) -> Path | None:
+    """Where throwaway clusters go: the temp dir, unless the server user cannot reach it.
+
+    Run as root, the server runs as another user, who must traverse every parent of its
+    directory: rather than chmod the parents of a private TMPDIR, use a world-traversable
+    temp dir (/tmp, /var/tmp, /dev/shm).
+    """
+    if server_user is None:
+        return None
+    # Only parents for mkdtemp, which creates a private directory in them.
+    shared = ("/tmp", "/var/tmp", "/dev/shm")  # noqa: S108
+    candidates = [Path(tempfile.gettempdir()), *map(Path, shared)]
+    for candidate in candidates:
+        resolved = candidate.resolve()
+        if resolved.is_dir() and _traversable(resolved):
+            return resolved
+    raise RuntimeError(
+        f"no temp directory the {server_user} user can reach (run as root, PostgreSQL runs as "
+        f"{server_user}): set TMPDIR to a directory that every user may traverse (o+x on it "
+        "and on each of its parents)"
+    )
+
+
 def _server_user() -> str | None:
     """The unprivileged user that runs PostgreSQL when we are root (it refuses root)."""
     geteuid = getattr(os, "geteuid", None)  # absent on Windows
@@ -136,12 +167,17 @@ class EmbeddedPostgres:
     ) -> None:
         self.bin = _bin_dir()  # first: a missing install must not leave a temp dir behind
         self._temporary = data_dir is None
-        self.base = Path(tempfile.mkdtemp(prefix="dbpool-pg-")) if data_dir is None else data_dir
+        self._user = _server_user()
+        temp_root = _temp_root(self._user)
+        self.base = (
+            Path(tempfile.mkdtemp(prefix="dbpool-pg-", dir=temp_root))
+            if data_dir is None
+            else data_dir
+        )
         self.base.mkdir(parents=True, exist_ok=True)
         self.data = self.base / "data"
         self.log = self.base / "server.log"
         self.port = port or free_port()
-        self._user = _server_user()
         self._secrets_file = self.base / "credentials"
         if credentials is not None and not self._secrets_file.exists():
             self._secrets_file.write_text(f"{credentials[0]}\n{credentials[1]}\n")
@@ -149,7 +185,7 @@ class EmbeddedPostgres:
         self.admin_password, self.password = self._credentials()
         self._running = False
         # Unix socket paths are limited to about 107 bytes: keep it short, outside data_dir.
-        self._socket_dir = Path(tempfile.mkdtemp(prefix="pgsock-"))
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="pgsock-", dir=temp_root))
         self._ensure_user()
         self._chown(self._socket_dir)
         atexit.register(self.close)
@@ -255,6 +291,14 @@ class EmbeddedPostgres:
     def close(self) -> None:
         """Stop the server and, for a throwaway cluster, delete its files."""
         try:
+            interrupted = self._temporary and not self._running
+            if (
+                interrupted
+                and (self.data / "postmaster.pid").exists()
+                and self._pg_ctl_ok("status")
+            ):
+                # A start interrupted (Ctrl-C) after the postmaster forked: it runs regardless.
+                self._running = True
             self.stop("fast")
         finally:
             atexit.unregister(self.close)
@@ -359,7 +403,9 @@ class EmbeddedPostgres:
     def _prepare_owner(self) -> None:
         if self._user is None:
             return
-        # The server user must traverse every parent and own the cluster directory.
+        # The server user must traverse every parent and own the cluster directory. A
+        # throwaway cluster lives under a root every user can traverse already (_temp_root),
+        # so this loop changes nothing; only an explicit data_dir (make run) may need it.
         for parent in self.base.resolve().parents:
             mode = parent.stat().st_mode
             if not mode & 0o001:
