@@ -13,7 +13,6 @@ Prints a markdown table of median and p95 milliseconds.
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -46,46 +45,85 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), p95
 
 
-def timed(rounds: int, step: Callable[[], Any]) -> list[float]:
-    step()  # warm up
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        step()
-        samples.append((time.perf_counter() - start) * 1000)
-    return samples
-
-
-def clone_and_drop(server: DatabaseServer, schema: str, strategy: str, rounds: int) -> list[float]:
-    factory = TemplateDatabases(server, strategy=strategy)
-    try:
-        factory.build(lambda conn: conn.execute(schema.encode()))
-        return timed(rounds, lambda: factory.drop(factory.create()))
-    finally:
-        factory.close()
-
-
-def truncate_all(server: DatabaseServer, schema: str, rounds: int) -> list[float]:
-    factory = TemplateDatabases(server, strategy=None)
-    factory.build(lambda conn: conn.execute(schema.encode()))
-    try:
-        shared = factory.template
-        factory._admin.execute(  # the baseline connects to it, as a shared test database would
-            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(shared))
-        )
-        with psycopg.connect(factory.url(shared), autocommit=True) as conn:
-            tables = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-                )
-            ]
-            truncate = sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
-                sql.SQL(", ").join(sql.Identifier(t) for t in tables)
+def write_rows(url: str, tables: list[str]) -> None:
+    """What a test does between setup and teardown: write a few rows (not timed)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in tables[:3]:
+            conn.execute(
+                sql.SQL("INSERT INTO {} DEFAULT VALUES").format(sql.Identifier(table))
+                if table != "users"
+                else sql.SQL("INSERT INTO users (name, email) VALUES ('x', gen_random_uuid())")
             )
-            return timed(rounds, lambda: conn.execute(truncate))
+
+
+class CloneAndDrop:
+    """A fresh database per test: clone before it, drop after it."""
+
+    def __init__(self, server: DatabaseServer, schema: str, strategy: str) -> None:
+        self.databases = TemplateDatabases(server, strategy=strategy)
+        self.databases.build(lambda conn: conn.execute(schema.encode()))
+
+    def test(self, tables: list[str]) -> float:
+        start = time.perf_counter()
+        name = self.databases.create()
+        setup = time.perf_counter() - start
+        write_rows(self.databases.url(name), tables)
+        start = time.perf_counter()
+        self.databases.drop(name)
+        return (setup + time.perf_counter() - start) * 1000
+
+    def close(self) -> None:
+        self.databases.close()
+
+
+class TruncateAll:
+    """One shared database, every table emptied after each test."""
+
+    def __init__(self, server: DatabaseServer, schema: str) -> None:
+        self.databases = TemplateDatabases(server, strategy=None)
+        self.databases.build(None)
+        self.name = self.databases.create()
+        self.url = self.databases.url(self.name)
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(schema.encode())
+            rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            self.tables = [row[0] for row in rows]
+        self.conn = psycopg.connect(self.url, autocommit=True)
+        self.truncate = sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(
+            sql.SQL(", ").join(sql.Identifier(t) for t in self.tables)
+        )
+
+    def test(self, tables: list[str]) -> float:
+        write_rows(self.url, tables)
+        start = time.perf_counter()
+        self.conn.execute(self.truncate)
+        return (time.perf_counter() - start) * 1000
+
+    def close(self) -> None:
+        self.conn.close()
+        self.databases.drop(self.name)
+        self.databases.close()
+
+
+def measure(server: DatabaseServer, schema: str, rounds: int) -> dict[str, list[float]]:
+    """Each way in turn, round after round, so that a busy machine weighs on all alike."""
+    baseline = TruncateAll(server, schema)
+    ways: dict[str, Any] = {
+        "TRUNCATE every table (baseline)": baseline,
+        "clone + drop, STRATEGY FILE_COPY": CloneAndDrop(server, schema, "file_copy"),
+        "clone + drop, STRATEGY WAL_LOG": CloneAndDrop(server, schema, "wal_log"),
+    }
+    samples: dict[str, list[float]] = {label: [] for label in ways}
+    try:
+        for round_ in range(rounds + 1):
+            for label, way in ways.items():
+                elapsed = way.test(baseline.tables)
+                if round_:  # the first is a warm-up
+                    samples[label].append(elapsed)
     finally:
-        factory.close()
+        for way in ways.values():
+            way.close()
+    return samples
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,16 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         print("| schema | per test | median ms | p95 ms |")
         print("|---|---|---|---|")
         for label, schema in SCHEMAS.items():
-            rows = {
-                "TRUNCATE every table (baseline)": truncate_all(server, schema, args.rounds),
-                "clone + drop, STRATEGY FILE_COPY": clone_and_drop(
-                    server, schema, "file_copy", args.rounds
-                ),
-                "clone + drop, STRATEGY WAL_LOG": clone_and_drop(
-                    server, schema, "wal_log", args.rounds
-                ),
-            }
-            for what, samples in rows.items():
+            for what, samples in measure(server, schema, args.rounds).items():
                 median, p95 = percentiles(samples)
                 print(f"| {label} | {what} | {median:.1f} | {p95:.1f} |")
     finally:
