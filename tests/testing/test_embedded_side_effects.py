@@ -33,7 +33,9 @@ def test_a_server_changes_no_mode_outside_its_own_directories(
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     monkeypatch.setattr(tempfile, "tempdir", str(private))
-    watched = [private, *private.parents, Path(tempfile.gettempdir()), Path("/tmp")]
+    monkeypatch.delenv("DBPOOL_TEST_TMPDIR", raising=False)
+    shared = [Path(p) for p in ("/tmp", "/var/tmp", "/dev/shm") if Path(p).is_dir()]
+    watched = [private, *private.parents, *shared]
     before = modes(watched)
 
     server = EmbeddedPostgres()
@@ -50,6 +52,20 @@ def test_a_server_changes_no_mode_outside_its_own_directories(
         server.close()
     assert not base.exists()
     assert modes(watched) == before
+
+
+@as_root
+def test_an_unreachable_data_root_is_refused_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    monkeypatch.setenv("DBPOOL_TEST_TMPDIR", str(private))
+    before = modes([private, *private.parents])
+    with pytest.raises(RuntimeError, match=r"DBPOOL_TEST_TMPDIR .* traverse"):
+        EmbeddedPostgres()
+    assert list(private.iterdir()) == []
+    assert modes([private, *private.parents]) == before
 
 
 START = """

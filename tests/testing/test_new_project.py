@@ -132,6 +132,7 @@ def run_pytest(project: Path, tmpdir: Path, observations: Path, *args: str) -> d
     }
     env.update(
         TMPDIR=str(tmpdir),
+        DBPOOL_TEST_TMPDIR=str(tmpdir),  # the servers' files too, to see them deleted
         OBSERVATIONS=str(observations),
         DOCKER_HOST="unix:///nonexistent/docker.sock",  # no Docker: the embedded server
     )
@@ -146,7 +147,6 @@ def run_pytest(project: Path, tmpdir: Path, observations: Path, *args: str) -> d
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "8 passed" in result.stdout
-    print(result.stdout[-400:])
     seen = {path.stem: json.loads(path.read_text()) for path in observations.glob("*.json")}
     assert set(seen) == EXPECTED
     return seen
