@@ -8,6 +8,7 @@ Each on the example app's schema (1 table) and on a 30-table schema with indexes
 Prints a markdown table of median and p95 milliseconds.
 
     python -m bench.testdb [--rounds 40] [--dsn ADMIN_URL]
+    DBPOOL_TEST_TMPDIR=/tmp python -m bench.testdb      (the cluster on disk, not in memory)
 """
 
 import argparse
@@ -142,9 +143,10 @@ def main(argv: list[str] | None = None) -> None:
         with psycopg.connect(server.admin_url) as conn:
             version = conn.execute("SHOW server_version").fetchone()
             fsync = conn.execute("SHOW fsync").fetchone()
+        where = f", data in {embedded.base.parent}" if embedded else ""
         print(
-            f"PostgreSQL {version[0] if version else '?'}, fsync={fsync[0] if fsync else '?'}, "
-            f"{args.rounds} rounds each\n"
+            f"PostgreSQL {version[0] if version else '?'}, fsync={fsync[0] if fsync else '?'}"
+            f"{where}, {args.rounds} rounds each\n"
         )
         print("| schema | per test | median ms | p95 ms |")
         print("|---|---|---|---|")

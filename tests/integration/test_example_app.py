@@ -45,6 +45,13 @@ def dbpool_app(dbpool_settings: PoolSettings) -> FastAPI:
     return create_app(dbpool_settings)
 
 
+@pytest.fixture
+def example_db_url(dbpool_database: str) -> str:
+    """This test's own database, empty unless the module's dbpool_schema says otherwise
+    (tests/integration/test_asyncpg_port.py imports this fixture)."""
+    return dbpool_database
+
+
 def query(url: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
     """Ask the database directly, on a connection of its own outside the app's pool."""
     with psycopg.connect(url, autocommit=True) as conn:
