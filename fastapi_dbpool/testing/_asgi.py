@@ -8,11 +8,14 @@ a thread) and hands every request the state the lifespan yielded.
 import math
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx2
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:  # httpx2 comes with the testing extra: imported when a client is made
+    import httpx2
 
 BASE_URL = "http://testserver"
 
@@ -42,8 +45,14 @@ async def running_lifespan(app: ASGIApp) -> AsyncIterator[dict[str, Any]]:
     group, so a test sees the same PoolStartupError a server would log.
     """
     state: dict[str, Any] = {}
-    to_app_tx, to_app_rx = anyio.create_memory_object_stream[MutableMapping[str, Any]](math.inf)
-    from_app_tx, from_app_rx = anyio.create_memory_object_stream[Message | None](math.inf)
+    to_app: tuple[
+        MemoryObjectSendStream[MutableMapping[str, Any]],
+        MemoryObjectReceiveStream[MutableMapping[str, Any]],
+    ] = anyio.create_memory_object_stream(math.inf)
+    from_app: tuple[
+        MemoryObjectSendStream[Message | None], MemoryObjectReceiveStream[Message | None]
+    ] = anyio.create_memory_object_stream(math.inf)
+    (to_app_tx, to_app_rx), (from_app_tx, from_app_rx) = to_app, from_app
     raised: list[BaseException] = []
 
     async def run() -> None:
@@ -86,8 +95,10 @@ async def running_lifespan(app: ASGIApp) -> AsyncIterator[dict[str, Any]]:
 @asynccontextmanager
 async def lifespan_client(
     app: ASGIApp, base_url: str = BASE_URL
-) -> AsyncIterator[httpx2.AsyncClient]:
+) -> AsyncIterator["httpx2.AsyncClient"]:
     """An httpx2.AsyncClient on the app, with its lifespan running around it."""
+    import httpx2
+
     async with running_lifespan(app) as state:
         transport = httpx2.ASGITransport(app=_WithState(app, state))
         async with httpx2.AsyncClient(transport=transport, base_url=base_url) as client:

@@ -2,11 +2,9 @@
 
 import importlib
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx2
 import pytest
-from starlette.testclient import TestClient
 from starlette.types import ASGIApp
 
 from fastapi_dbpool.settings import PoolSettings
@@ -14,6 +12,11 @@ from fastapi_dbpool.testing._asgi import lifespan_client
 from fastapi_dbpool.testing._databases import TemplateDatabases, Templates
 from fastapi_dbpool.testing._schema import URL_ENV_VARS, SchemaSource
 from fastapi_dbpool.testing._server import DatabaseServer
+
+if TYPE_CHECKING:  # the testing extra's: imported by the fixtures that use them, so that
+    # the plugin (loaded whenever the package is) needs nothing beyond the package itself
+    import httpx2
+    from starlette.testclient import TestClient
 
 APP_INI = "dbpool_app"
 
@@ -115,7 +118,7 @@ async def dbpool_client(
     dbpool_database: str,
     monkeypatch: pytest.MonkeyPatch,
     anyio_backend: Any,
-) -> AsyncIterator[httpx2.AsyncClient]:
+) -> AsyncIterator["httpx2.AsyncClient"]:
     """An httpx2.AsyncClient on dbpool_app, its lifespan running, DBPOOL_URL at this test's
     database. Async tests run with anyio's pytest plugin (installed with Starlette)."""
     backend = anyio_backend if isinstance(anyio_backend, str) else anyio_backend[0]
@@ -132,8 +135,10 @@ async def dbpool_client(
 @pytest.fixture
 def dbpool_test_client(
     dbpool_app: ASGIApp, dbpool_database: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[TestClient]:
+) -> Iterator["TestClient"]:
     """Starlette's TestClient on dbpool_app (lifespan running), for synchronous tests."""
+    from starlette.testclient import TestClient
+
     _point_environment_at(monkeypatch, dbpool_database)
     with TestClient(dbpool_app) as client:
         yield client

@@ -1,5 +1,6 @@
 """A database per test: schema sources, clones that share nothing, names, the ASGI lifespan."""
 
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -231,3 +232,20 @@ async def test_dbpool_client_runs_without_a_marker(
 @pytest.fixture
 def dbpool_app() -> Starlette:
     return state_app(PoolSettings)  # settings read at startup, from DBPOOL_URL
+
+
+def test_the_plugin_loads_without_the_testing_extras_http_clients() -> None:
+    """pytest loads the plugin wherever the package is installed, [testing] or not."""
+    blocked = "import sys\nfor name in ('httpx2', 'httpx'):\n    sys.modules[name] = None\n"
+    code = blocked + "import fastapi_dbpool.testing.plugin, fastapi_dbpool.testing\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    broken = subprocess.run(
+        [sys.executable, "-c", blocked + "import starlette.testclient"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert broken.returncode != 0  # the blocking works: a module that needs httpx2 fails
