@@ -11,7 +11,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from fastapi_dbpool.testing._schema import SchemaSource, apply_schema
-from fastapi_dbpool.testing._server import DatabaseServer
+from fastapi_dbpool.testing._server import TEST_ADMIN_URL_ENV, TEST_URL_ENV, DatabaseServer
 
 #: How PostgreSQL 15+ copies the template; measured in bench/testdb.py (docs/testing.md).
 STRATEGY = "file_copy"
@@ -68,12 +68,12 @@ class TemplateDatabases:
         self._built = True
         apply_schema(schema, self.url(self.template))
         # A template must have no connection while it is cloned: refuse new ones for good.
-        self._admin.execute(
+        self._execute(
             sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(
                 sql.Identifier(self.template)
             )
         )
-        self._admin.execute(
+        self._execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
             (self.template,),
         )
@@ -86,17 +86,32 @@ class TemplateDatabases:
 
     def drop(self, name: str) -> None:
         """Drop a database, closing whatever connections a test left on it."""
-        self._admin.execute(
+        self._execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
 
     def close(self) -> None:
         """Drop the template and close the admin connection."""
         try:
-            if self._built and not self._admin.closed:
+            if self._built:
                 self.drop(self.template)
+        except psycopg.OperationalError:
+            pass  # the server is gone (stopped by a test, or at the end), and the template too
         finally:
             self._admin.close()
+
+    def _execute(self, query: Any, params: Any = None) -> None:
+        """Run on the admin connection, reconnecting once if a server restart (a test's
+        controllable_server) broke it."""
+        if self._admin.closed:
+            self._admin = psycopg.connect(self.server.admin_url, autocommit=True)
+        try:
+            self._admin.execute(query, params)
+        except psycopg.OperationalError:
+            if not (self._admin.closed or self._admin.broken):
+                raise
+            self._admin = psycopg.connect(self.server.admin_url, autocommit=True)
+            self._admin.execute(query, params)
 
     def _create(self, name: str, template: str | None) -> None:
         statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
@@ -109,7 +124,14 @@ class TemplateDatabases:
             options.append(sql.SQL("OWNER {}").format(sql.Identifier(str(self._owner))))
         if options:
             statement = sql.SQL(" ").join([statement, *options])
-        self._admin.execute(statement)
+        try:
+            self._execute(statement)
+        except psycopg.errors.InsufficientPrivilege:
+            raise RuntimeError(
+                f"the role {self._admin.info.user!r} may not create the test database {name!r}: "
+                f"grant it CREATEDB (ALTER ROLE ... CREATEDB), or set {TEST_ADMIN_URL_ENV} to a "
+                f"role that has it (the databases are created as {TEST_URL_ENV}'s role's)"
+            ) from None
 
 
 class Templates:

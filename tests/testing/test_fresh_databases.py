@@ -1,11 +1,13 @@
 """A database per test: schema sources, clones that share nothing, names, the ASGI lifespan."""
 
+import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx2
 import psycopg
@@ -20,6 +22,7 @@ from fastapi_dbpool.errors import PoolStartupError
 from fastapi_dbpool.testing import (
     DatabaseServer,
     MigrationsCommand,
+    Observer,
     SchemaSource,
     TemplateDatabases,
     lifespan_client,
@@ -249,3 +252,42 @@ def test_the_plugin_loads_without_the_testing_extras_http_clients() -> None:
         check=False,
     )
     assert broken.returncode != 0  # the blocking works: a module that needs httpx2 fails
+
+
+def test_a_role_without_createdb_is_told_which_setting_to_fix(
+    database_server: DatabaseServer, observer: Observer
+) -> None:
+    if database_server.source == "env":
+        pytest.skip("a server given by DBPOOL_TEST_URL may not let the tests create roles")
+    role = f"nocreatedb_{secrets.token_hex(3)}"
+    password = "p@ss:w%rd-" + secrets.token_hex(4)
+    observer.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    try:
+        parts = urlsplit(database_server.url)
+        url = urlunsplit(
+            parts._replace(
+                netloc=f"{role}:{quote(password, safe='')}@{parts.hostname}:{parts.port}"
+            )
+        )
+        limited = DatabaseServer(url=url, admin_url=url, password=password, source="env")
+        databases = TemplateDatabases(limited)
+        try:
+            with pytest.raises(RuntimeError, match=r"CREATEDB.*DBPOOL_TEST_ADMIN_URL") as caught:
+                databases.build(None)
+            assert password not in str(caught.value)
+        finally:
+            databases.close()
+    finally:
+        observer.execute(f"DROP ROLE {role}")
+
+
+def test_clones_still_come_after_the_server_restarts(
+    controllable_server: DatabaseServer, dbpool_template: TemplateDatabases
+) -> None:
+    before = dbpool_template.create()
+    controllable_server.restart()
+    after = dbpool_template.create()  # the factory's own connection was cut: it reconnects
+    with psycopg.connect(dbpool_template.url(after)) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == (after,)
+    dbpool_template.drop(before)
+    dbpool_template.drop(after)
