@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from fastapi_dbpool.testing._server import _memory_dir
+
 APP = """
 from typing import Any
 
@@ -113,8 +115,9 @@ def project(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def private_tmp() -> Iterator[Path]:
-    """A TMPDIR of the run's own (traversable, as the embedded server needs when root)."""
-    path = Path(tempfile.mkdtemp(prefix="newproject-tmp-"))
+    """A TMPDIR of the run's own (traversable, as the embedded server needs when root), in
+    memory when the plugin itself would put its servers there."""
+    path = Path(tempfile.mkdtemp(prefix="newproject-tmp-", dir=_memory_dir()))
     path.chmod(0o711)
     try:
         yield path
