@@ -20,6 +20,8 @@ import psycopg
 TEST_URL_ENV = "DBPOOL_TEST_URL"
 TEST_ADMIN_URL_ENV = "DBPOOL_TEST_ADMIN_URL"
 PG_BIN_ENV = "DBPOOL_TEST_PG_BIN"
+TEST_TMPDIR_ENV = "DBPOOL_TEST_TMPDIR"
+_MEMORY_MIN_FREE = 1 << 30
 _SERVER_USER = "fastapi_dbpool_pg"
 _PG_CTL_TIMEOUT = 30
 _INSTALL_HINT = (
@@ -111,6 +113,63 @@ def _bin_dir() -> Path:
     return bin_dir
 
 
+def _traversable(path: Path) -> bool:
+    """True when any user may traverse path and each of its parents (o+x)."""
+    try:
+        return all(p.stat().st_mode & 0o001 for p in (path, *path.parents))
+    except OSError:
+        return False
+
+
+def _memory_dir() -> Path | None:
+    """Shared memory when it is roomy: a throwaway cluster in memory clones databases ~10x
+    faster than on a busy disk (docs/testing.md); a container's 64 MB default is too small."""
+    path = Path("/dev/shm")  # noqa: S108 - only a parent for mkdtemp
+    try:
+        stat = os.statvfs(path)
+    except (OSError, AttributeError):  # absent, or not POSIX
+        return None
+    return path if stat.f_bavail * stat.f_frsize >= _MEMORY_MIN_FREE else None
+
+
+def _temp_root(server_user: str | None) -> Path:
+    """Where throwaway clusters go: DBPOOL_TEST_TMPDIR, else a roomy /dev/shm, else TMPDIR.
+
+    Run as root, the server runs as another user, who must traverse every parent of its
+    directory: rather than chmod the parents of a private TMPDIR, use a world-traversable
+    temp dir (/tmp, /var/tmp).
+    """
+    explicit = os.environ.get(TEST_TMPDIR_ENV)
+    if explicit:
+        candidates = [Path(explicit)]
+    else:
+        memory = _memory_dir()
+        # Only parents for mkdtemp, which creates a private directory in them.
+        shared = ("/tmp", "/var/tmp")  # noqa: S108
+        candidates = [
+            *([memory] if memory else []),
+            Path(tempfile.gettempdir()),
+            *(map(Path, shared) if server_user else ()),
+        ]
+    for candidate in candidates:
+        resolved = candidate.resolve()
+        if resolved.is_dir() and (server_user is None or _traversable(resolved)):
+            return resolved
+    if explicit:
+        problem = f"{TEST_TMPDIR_ENV} ({explicit}) is not a directory"
+        if server_user:
+            problem += f" that the {server_user} user can traverse"
+        raise RuntimeError(
+            f"{problem}: create it, with o+x on it and each of its parents, or unset "
+            f"{TEST_TMPDIR_ENV}"
+        )
+    raise RuntimeError(
+        f"no temp directory the {server_user} user can reach (run as root, PostgreSQL runs as "
+        f"{server_user}): set {TEST_TMPDIR_ENV} to a directory that every user may traverse "
+        "(o+x on it and on each of its parents)"
+    )
+
+
 def _server_user() -> str | None:
     """The unprivileged user that runs PostgreSQL when we are root (it refuses root)."""
     geteuid = getattr(os, "geteuid", None)  # absent on Windows
@@ -136,12 +195,17 @@ class EmbeddedPostgres:
     ) -> None:
         self.bin = _bin_dir()  # first: a missing install must not leave a temp dir behind
         self._temporary = data_dir is None
-        self.base = Path(tempfile.mkdtemp(prefix="dbpool-pg-")) if data_dir is None else data_dir
+        self._user = _server_user()
+        temp_root = _temp_root(self._user)
+        self.base = (
+            Path(tempfile.mkdtemp(prefix="dbpool-pg-", dir=temp_root))
+            if data_dir is None
+            else data_dir
+        )
         self.base.mkdir(parents=True, exist_ok=True)
         self.data = self.base / "data"
         self.log = self.base / "server.log"
         self.port = port or free_port()
-        self._user = _server_user()
         self._secrets_file = self.base / "credentials"
         if credentials is not None and not self._secrets_file.exists():
             self._secrets_file.write_text(f"{credentials[0]}\n{credentials[1]}\n")
@@ -149,7 +213,7 @@ class EmbeddedPostgres:
         self.admin_password, self.password = self._credentials()
         self._running = False
         # Unix socket paths are limited to about 107 bytes: keep it short, outside data_dir.
-        self._socket_dir = Path(tempfile.mkdtemp(prefix="pgsock-"))
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="pgsock-", dir=temp_root))
         self._ensure_user()
         self._chown(self._socket_dir)
         atexit.register(self.close)
@@ -255,6 +319,14 @@ class EmbeddedPostgres:
     def close(self) -> None:
         """Stop the server and, for a throwaway cluster, delete its files."""
         try:
+            interrupted = self._temporary and not self._running
+            if (
+                interrupted
+                and (self.data / "postmaster.pid").exists()
+                and self._pg_ctl_ok("status")
+            ):
+                # A start interrupted (Ctrl-C) after the postmaster forked: it runs regardless.
+                self._running = True
             self.stop("fast")
         finally:
             atexit.unregister(self.close)
@@ -359,7 +431,9 @@ class EmbeddedPostgres:
     def _prepare_owner(self) -> None:
         if self._user is None:
             return
-        # The server user must traverse every parent and own the cluster directory.
+        # The server user must traverse every parent and own the cluster directory. A
+        # throwaway cluster lives under a root every user can traverse already (_temp_root),
+        # so this loop changes nothing; only an explicit data_dir (make run) may need it.
         for parent in self.base.resolve().parents:
             mode = parent.stat().st_mode
             if not mode & 0o001:

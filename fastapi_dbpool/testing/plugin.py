@@ -1,4 +1,5 @@
-"""pytest fixtures: a real PostgreSQL server and an observer of pg_stat_activity."""
+"""pytest fixtures: a real PostgreSQL server, an observer of pg_stat_activity, and a fresh
+database per test with the app and a client on it (fastapi_dbpool.testing._fixtures)."""
 
 import re
 import secrets
@@ -6,6 +7,17 @@ from collections.abc import Iterator
 
 import pytest
 
+from fastapi_dbpool.testing._fixtures import (  # noqa: F401 - fixtures pytest collects here
+    dbpool_app,
+    dbpool_client,
+    dbpool_database,
+    dbpool_schema,
+    dbpool_settings,
+    dbpool_template,
+    dbpool_templates,
+    dbpool_test_client,
+    pytest_addoption,
+)
 from fastapi_dbpool.testing._observer import Observer
 from fastapi_dbpool.testing._server import DatabaseServer, find_database_server
 
