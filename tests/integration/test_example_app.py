@@ -186,6 +186,7 @@ def test_creating_the_app_reads_no_settings_and_connects_to_nothing(
         "/health/ready",
         "/pool/stats",
         "/pool/metrics",
+        "/pool/dashboard",
     }
 
 
