@@ -28,7 +28,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
 
-from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.database import DatabasePool, pool_limits
 from fastapi_dbpool.errors import UNAVAILABLE_REASONS, UnavailableReason
 from fastapi_dbpool.hooks import ConnectionSetupError, describe
 from fastapi_dbpool.restore import Baseline
@@ -120,14 +120,7 @@ class SyncPool:
             conninfo,
             # A sync password provider runs for every new connection (psycopg-pool calls it).
             kwargs=kwargs if provider is None else _with_password(kwargs, database, provider),
-            min_size=source.min_size,
-            max_size=source.max_size,
-            max_waiting=source.max_waiting,
-            timeout=source.timeout,
-            max_idle=source.max_idle,
-            max_lifetime=source.max_lifetime,
-            reconnect_timeout=source.reconnect_timeout,
-            num_workers=source.num_workers,
+            **pool_limits(settings),
             name=self.name,
             open=False,
             connection_class=SyncConnection,

@@ -72,14 +72,7 @@ class DatabasePool:
         self.pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             settings.conninfo(),
             kwargs=settings.connect_kwargs(),
-            min_size=settings.min_size,
-            max_size=settings.max_size,
-            max_waiting=settings.max_waiting,
-            timeout=settings.timeout,
-            max_idle=settings.max_idle,
-            max_lifetime=settings.max_lifetime,
-            reconnect_timeout=settings.reconnect_timeout,
-            num_workers=settings.num_workers,
+            **pool_limits(settings),
             name=settings.name,
             open=False,
             # The app's password provider and configure hook run inside the connection
@@ -273,6 +266,20 @@ class DatabasePool:
 
     async def _configure(self, conn: Conn) -> None:
         self._baselines[conn] = Baseline(conn)
+
+
+def pool_limits(settings: PoolSettings) -> dict[str, Any]:
+    """psycopg-pool's sizes, timeouts and workers from the settings (async and sync pools)."""
+    return {
+        "min_size": settings.min_size,
+        "max_size": settings.max_size,
+        "max_waiting": settings.max_waiting,
+        "timeout": settings.timeout,
+        "max_idle": settings.max_idle,
+        "max_lifetime": settings.max_lifetime,
+        "reconnect_timeout": settings.reconnect_timeout,
+        "num_workers": settings.num_workers,
+    }
 
 
 def _shut_down(conn: Conn) -> None:
