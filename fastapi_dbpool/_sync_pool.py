@@ -32,6 +32,7 @@ from fastapi_dbpool.database import DatabasePool, pool_limits
 from fastapi_dbpool.errors import UNAVAILABLE_REASONS, UnavailableReason
 from fastapi_dbpool.hooks import ConnectionSetupError, describe
 from fastapi_dbpool.restore import Baseline
+from fastapi_dbpool.settings import PoolSettings
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -99,16 +100,14 @@ class SyncPool:
         self._threads = anyio.CapacityLimiter(source.max_size)
         self._baselines: weakref.WeakKeyDictionary[Any, Baseline] = weakref.WeakKeyDictionary()
         conninfo, kwargs = source.conninfo, source.kwargs
-        hooks = [field for field in ("configure", "reset") if getattr(settings, field) is not None]
         provider = settings.password_provider
-        if provider is not None and inspect.iscoroutinefunction(provider):
-            hooks.append("password_provider")
-        if hooks or not isinstance(conninfo, str) or not isinstance(kwargs, dict | None):
-            named = " and ".join(settings.env_var(field) for field in hooks) or "a callable"
+        refused = async_setup_refused(settings)
+        if refused is not None:
+            raise RuntimeError(refused)
+        if not isinstance(conninfo, str) or not isinstance(kwargs, dict | None):
             raise RuntimeError(
-                f"pool {settings.name!r} sets up its connections with {named} (coroutines), "
-                "which the sync pool of get_sync_conn cannot run: use async def endpoints with "
-                "get_conn for this pool"
+                f"pool {settings.name!r} computes its connection arguments with a callable, "
+                "which the sync pool of get_sync_conn does not run: use async def endpoints"
             )
         kwargs = dict(kwargs or {})
         base = kwargs.get("application_name") or conninfo_to_dict(conninfo).get(
@@ -120,7 +119,9 @@ class SyncPool:
             conninfo,
             # A sync password provider runs for every new connection (psycopg-pool calls it).
             kwargs=kwargs if provider is None else _with_password(kwargs, database, provider),
-            **pool_limits(settings),
+            # The gate above caps the queue (DBPOOL_MAX_WAITING); the pool must not cap it again
+            # among the max_size requests the gate lets through.
+            **{**pool_limits(settings), "max_waiting": 0},
             name=self.name,
             open=False,
             connection_class=SyncConnection,
@@ -156,7 +157,7 @@ class SyncPool:
         """A connection, waited for in the event loop; raises psycopg-pool's errors."""
         timeout = self.pool.timeout
         started = monotonic()
-        if self._gate.value == 0 and 0 < self.pool.max_waiting <= self.waiting:
+        if self._gate.value == 0 and 0 < self.settings.max_waiting <= self.waiting:
             raise TooManyRequests(
                 f"the pool {self.name!r} has already {self.waiting} requests waiting"
             )
@@ -217,12 +218,34 @@ class SyncPool:
             ConnectionPool.check_connection(conn)
 
 
+def async_setup_refused(settings: PoolSettings) -> str | None:
+    """Why the sync pool cannot mirror a pool set up by coroutines (its hooks, an async
+    password provider), or None if it can."""
+    hooks = [field for field in ("configure", "reset") if getattr(settings, field) is not None]
+    provider = settings.password_provider
+    if provider is not None and inspect.iscoroutinefunction(provider):
+        hooks.append("password_provider")
+    if not hooks:
+        return None
+    named = " and ".join(settings.env_var(field) for field in hooks)
+    return (
+        f"pool {settings.name!r} sets up its connections with {named} (coroutines), which the "
+        "sync pool of get_sync_conn cannot run: use async def endpoints with get_conn for "
+        "this pool, or a sync password provider"
+    )
+
+
 def _with_password(
     kwargs: dict[str, Any], database: DatabasePool, provider: Callable[[], Any]
 ) -> Callable[[], dict[str, Any]]:
     def resolve() -> dict[str, Any]:
         try:
             password = provider()
+            if inspect.isawaitable(password):
+                close = getattr(password, "close", None)
+                if close is not None:
+                    close()  # never awaited: say so here, not in a RuntimeWarning
+                raise TypeError("it returned an awaitable: the sync pool needs a sync provider")
             if not isinstance(password, str) or not password:
                 raise TypeError(f"it returned {type(password).__name__}, not a non-empty str")
         except Exception as exc:

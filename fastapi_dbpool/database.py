@@ -8,6 +8,7 @@ pool's background work (``healing``, ``health``, ``summary``) until it closes.
 import asyncio
 import logging
 import socket
+import threading
 import weakref
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Coroutine
@@ -60,7 +61,10 @@ class DatabasePool:
             if settings.metrics
             else None
         )
-        self._secrets = settings.secrets()
+        # Replaced, never changed in place: the sync pool's threads add a provider's answers
+        # while the event loop redacts with the set it read.
+        self._secrets: frozenset[str] = frozenset(settings.secrets())
+        self._provided_lock = threading.Lock()
         self._provided: deque[str] = deque()
         self._tasks: set[asyncio.Future[Any]] = set()
         # Connections out of the pool now, and since when: for the deadline and close().
@@ -105,12 +109,12 @@ class DatabasePool:
 
     def keep_secret(self, secret: str, most: int) -> None:
         """Redact secret from now on (a password provider's answer), keeping the most recent."""
-        if secret in self._secrets:
-            return
-        self._provided.append(secret)
-        self._secrets.add(secret)
-        if len(self._provided) > most:
-            self._secrets.discard(self._provided.popleft())
+        with self._provided_lock:
+            if secret in self._secrets:
+                return
+            self._provided.append(secret)
+            dropped = {self._provided.popleft()} if len(self._provided) > most else set()
+            self._secrets = (self._secrets | {secret}) - dropped
 
     async def open(self) -> None:
         """Open the pool; fail fast with a clear reason unless settings.fail_fast is off."""

@@ -136,7 +136,7 @@ def unavailable_reason(
     return None
 
 
-_FORBIDDEN = ("forbidden within a Transaction context", "inside get_conn's request transaction")
+_FORBIDDEN = ("forbidden within a Transaction context", "'s request transaction: the request")
 
 
 def answer_for(database: "DatabasePool", exc: BaseException, conn: AsyncConnection[Any]) -> None:
@@ -147,7 +147,7 @@ def answer_for(database: "DatabasePool", exc: BaseException, conn: AsyncConnecti
         logger.warning(
             "the endpoint called conn.commit() or conn.rollback() on a get_conn connection: "
             "the request's transaction commits when the endpoint returns and rolls back when "
-            "it raises; use conn.transaction() for a savepoint, or get_pool to manage "
+            "it raises; use conn.transaction() for a savepoint, or take the pool to manage "
             "transactions yourself (answering 500, rolled back)"
         )
         return

@@ -64,6 +64,7 @@ def reset_hook(database: "DatabasePool") -> ConnectionHook | None:
     hook, or None (connections then go back without a worker's round trip)."""
     settings = database.settings
     hook: ConnectionHook | None = settings.reset
+    configure: ConnectionHook | None = settings.configure
     if hook is None and not settings.reset_session:
         return None
 
@@ -72,6 +73,8 @@ def reset_hook(database: "DatabasePool") -> ConnectionHook | None:
             await conn.set_autocommit(True)  # one round trip, no BEGIN/COMMIT around it
             await conn.execute("RESET ALL")
             await conn.set_autocommit(False)
+            if configure is not None:  # RESET ALL undid its SETs too: set them again
+                await _run(database, "configure", configure, conn)
         if hook is not None:
             await _run(database, "reset", hook, conn)
 

@@ -42,11 +42,12 @@ def create_pool_lifespan(
 
     @asynccontextmanager
     async def _lifespan(app: AppT) -> AsyncIterator[dict[str, Any]]:
+        default = _with_hooks(_resolve(settings), hooks)
         if "fastapi" in sys.modules:  # a FastAPI app; a Starlette one never imports it
-            from fastapi_dbpool.sync import check_routes
+            from fastapi_dbpool.sync import check_routes, check_sync_setup
 
             check_routes(app)  # a def endpoint taking get_conn: refused before connecting
-        default = _with_hooks(_resolve(settings), hooks)
+            check_sync_setup(app, default)  # SyncConnDep on a pool set up by coroutines
         named = [_with_hooks(each, hooks) for each in _named(default, pools)]
         databases = Databases.build(default, named)
         state = getattr(app, "state", None)
@@ -81,7 +82,11 @@ def _with_hooks(settings: PoolSettings, hooks: dict[str, ConnectionHook | None])
         for field, hook in hooks.items()
         if hook is not None and getattr(settings, field) is None
     }
-    return settings.model_copy(update=update) if update else settings
+    if not update:
+        return settings
+    copy = settings.model_copy(update=update)
+    copy._code_fields = settings._code_fields | update.keys()  # given in code: named as fields
+    return copy
 
 
 def _resolve(source: SettingsSource) -> PoolSettings:

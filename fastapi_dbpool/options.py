@@ -42,6 +42,20 @@ class TransactionOptions:
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
 
+    def __bool__(self) -> bool:
+        """Whether any option is set: without one, a session can join the request's
+        transaction (a block inside another, get_conn_with() beside get_conn)."""
+        return any(
+            value is not None
+            for value in (
+                self.isolation,
+                self.read_only,
+                self.deferrable,
+                self.statement_timeout,
+                self.lock_timeout,
+            )
+        )
+
     async def apply(
         self, conn: AsyncConnection[Any], context: "SessionContext | None" = None
     ) -> None:

@@ -75,7 +75,10 @@ async def connection(
     else:
         database = database_of(request) if pool is None else named_pool(request, pool)
         options = TransactionOptions(isolation, read_only, None, statement_timeout, lock_timeout)
-        session = transaction(database, request.scope, leases=leases, options=options)
+        # Without options, a block inside another one joins its transaction.
+        session = transaction(
+            database, request.scope, leases=leases, options=options or None
+        )
     async with session as conn:
         yield conn
 

@@ -95,7 +95,11 @@ def explain_connect_error(database: "DatabasePool", exc: psycopg.Error) -> str:
     url, password = settings.env_var("url"), settings.env_var("password")
     message = database.redact(str(exc).strip())
     lowered = message.lower()
-    if "password authentication failed" in lowered or "no password supplied" in lowered:
+    if settings.password_provider is not None and (
+        "password authentication failed" in lowered or "no password supplied" in lowered
+    ):
+        hint = f"check what {settings.env_var('password_provider')} returns for this role"
+    elif "password authentication failed" in lowered or "no password supplied" in lowered:
         hint = f"check the password in {url} (or {password})"
     elif "database" in lowered and "does not exist" in lowered:
         hint = f"create the database, or fix its name in {url}"

@@ -21,11 +21,12 @@ from anyio import CancelScope
 from fastapi import Depends
 from psycopg import AsyncConnection, Transaction
 from psycopg.pq import TransactionStatus
+from psycopg_pool import PoolClosed
 from starlette.requests import HTTPConnection
 
 from fastapi_dbpool import dependencies
-from fastapi_dbpool._state import POOLS_KEY, _from_state
-from fastapi_dbpool._sync_pool import SyncConnection, SyncPool
+from fastapi_dbpool._state import POOLS_KEY, _from_state, database_of
+from fastapi_dbpool._sync_pool import SyncConnection, SyncPool, async_setup_refused
 from fastapi_dbpool.dependencies import _before_response
 from fastapi_dbpool.errors import (
     CommitFailed,
@@ -35,6 +36,7 @@ from fastapi_dbpool.errors import (
     translate,
 )
 from fastapi_dbpool.pools import Databases
+from fastapi_dbpool.settings import PoolSettings
 
 if TYPE_CHECKING:
     from fastapi_dbpool.database import DatabasePool
@@ -57,6 +59,8 @@ def sync_pool_of(request: HTTPConnection) -> SyncPool:
         raise RuntimeError(_NO_LIFESPAN)
     name = databases.default.settings.name
     pool = databases.sync.get(name)
+    if pool is None and databases.default.pool.closed:
+        raise PoolClosed(f"the pool {name!r} is closed")  # shutting down: 503, no new pool
     if pool is None:  # no await between the look-up and the store: one pool per app
         pool = databases.sync[name] = SyncPool(databases.default)
         pool.open()
@@ -72,7 +76,11 @@ async def get_sync_conn(request: HTTPConnection) -> SyncConnection:
     burst larger than the threadpool cannot deadlock it. No connection within DBPOOL_TIMEOUT
     answers 503 with Retry-After. ``conn.commit()`` and ``conn.rollback()`` are refused.
     """
-    session = _SyncTransaction(sync_pool_of(request))
+    try:
+        pool = sync_pool_of(request)
+    except PoolClosed as exc:  # a request that arrives while the app shuts down: 503
+        reraise(database_of(request), exc, None)
+    session = _SyncTransaction(pool)
     return await _before_response(request).enter_async_context(session)
 
 
@@ -222,6 +230,25 @@ def check_routes(app: object) -> None:
                 "worker thread where its queries would never run. Take SyncConnDep "
                 "(fastapi_dbpool.get_sync_conn) instead, or make the endpoint async def"
             )
+
+
+def check_sync_setup(app: object, settings: PoolSettings) -> None:
+    """Refuse, at startup, routes on get_sync_conn when the pool is set up by coroutines
+    (hooks, an async password provider) that its sync pool could not run."""
+    refused = async_setup_refused(settings)
+    if refused is None:
+        return
+    for route in getattr(app, "routes", ()):
+        if _depends_on_sync(getattr(route, "dependant", None)):
+            path = getattr(route, "path", "?")
+            raise RuntimeError(f"route {path} takes SyncConnDep, but {refused}")
+
+
+def _depends_on_sync(dependant: Any) -> bool:
+    return dependant is not None and any(
+        sub.call is get_sync_conn or _depends_on_sync(sub)
+        for sub in getattr(dependant, "dependencies", ())
+    )
 
 
 def _is_plain_def(endpoint: Any) -> bool:

@@ -47,6 +47,11 @@ class MigrationsCommand:
                 f"the dbpool_schema migrations command {list(self.argv)} could not start: "
                 f"{exc.strerror}; check its first argument (the program) and cwd"
             ) from None
+        except subprocess.TimeoutExpired:  # its message shows the argv, {url} filled in
+            raise RuntimeError(
+                f"the dbpool_schema migrations command {list(self.argv)} did not finish within "
+                f"{_COMMAND_TIMEOUT} s"
+            ) from None
         if result.returncode != 0:
             output = redact(f"{result.stdout}\n{result.stderr}".strip()[-3000:], passwords_in(url))
             raise RuntimeError(

@@ -54,6 +54,24 @@ async def create_item(request: Request) -> JSONResponse:
     return JSONResponse({"id": item_id}, status_code=201)
 
 
+async def _add_note(request: Request, item_id: int) -> None:
+    """A helper that opens its own block: it joins the request's transaction."""
+    async with connection(request) as conn:
+        sql = "INSERT INTO starlette_items (id, note) VALUES (%s, 'nested')"
+        await conn.execute(sql, (item_id,))
+
+
+async def create_nested(request: Request) -> JSONResponse:
+    item_id = int(request.path_params["item_id"])
+    async with connection(request) as conn:
+        sql = "INSERT INTO starlette_items (id, note) VALUES (%s, 'outer')"
+        await conn.execute(sql, (item_id,))
+        await _add_note(request, item_id + 1)
+        if request.query_params.get("fail"):
+            raise HTTPException(409, "after both inserts")
+    return JSONResponse({"id": item_id}, status_code=201)
+
+
 async def sleep(request: Request) -> JSONResponse:
     seconds = float(request.query_params.get("seconds", "1"))
     async with connection(request) as conn:
@@ -80,6 +98,7 @@ app = Starlette(
     routes=[
         Route("/items/{item_id:int}", create_item, methods=["POST"]),
         Route("/items/{item_id:int}/rw", read_item, methods=["POST"]),
+        Route("/items/{item_id:int}/nested", create_nested, methods=["POST"]),
         Route("/sleep", sleep, methods=["GET"]),
         *pool_routes(),
     ],

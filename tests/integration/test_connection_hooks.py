@@ -141,6 +141,32 @@ def test_the_lifespan_gives_hooks_to_every_pool_without_its_own(
     assert client.get("/point").json()["type"] == "hook_point"
     assert calls
 
+    async def own(conn: Conn) -> None:
+        calls.append("own")
+
+    calls.clear()
+    app = hook_app(make_settings(min_size=1, max_size=1, configure=own), configure=register_point)
+    client_for(app).get("/marker")
+    assert calls and set(calls) == {"own"}  # a pool's own hook wins over the lifespan's
+
+
+def test_reset_session_sets_what_configure_set_again(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    async def set_marker(conn: Conn) -> None:
+        await conn.execute("SELECT set_config('app.marker', 'configured', false)")
+
+    settings = make_settings(min_size=1, max_size=1, configure=set_marker, reset_session=True)
+    client = client_for(hook_app(settings))
+    pid = client.get("/dirty").json()["pid"]  # a session-level SET that RESET ALL undoes
+    deadline = time.monotonic() + 2  # the reset runs in the pool's worker, after the response
+    while True:
+        body = client.get("/marker").json()
+        assert body["pid"] == pid
+        if body["marker"] == "configured" or time.monotonic() > deadline:
+            break
+    assert body["marker"] == "configured"  # neither the request's "dirty" nor RESET ALL's ""
+
 
 def test_a_reset_hook_runs_on_every_connection_given_back(
     make_settings: SettingsFactory, client_for: ClientFor

@@ -82,6 +82,21 @@ def test_a_read_in_a_writing_request_shares_its_connection(
     assert _note(admin, item_id) == "rw"
 
 
+@pytest.mark.parametrize(("fail", "status", "kept"), [("", 201, True), ("1", 409, False)])
+def test_a_block_inside_a_block_joins_the_requests_transaction(
+    served: Served,
+    admin: psycopg.Connection[tuple[object, ...]],
+    fail: str,
+    status: int,
+    kept: bool,
+) -> None:
+    item_id = _new_id()
+    response = httpx2.post(f"{served.base}/items/{item_id}/nested", params={"fail": fail})
+    assert response.status_code == status
+    expected = ("outer", "nested") if kept else (None, None)
+    assert (_note(admin, item_id), _note(admin, item_id + 1)) == expected
+
+
 def test_exhaustion_answers_503_json_within_the_timeout(served: Served) -> None:
     with ThreadPoolExecutor(2) as executor:
         holders = [

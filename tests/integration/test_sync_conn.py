@@ -303,12 +303,23 @@ def test_a_sync_password_provider_serves_def_endpoints_and_async_hooks_are_refus
     async def configure(conn: Any) -> None:
         return None
 
-    hooked = client_for(build_sync_app(make_settings(configure=configure)))
-    response = hooked.get("/sync/pid")
-    assert response.status_code == 500
-    from fastapi_dbpool._sync_pool import SyncPool
-
-    with pytest.raises(RuntimeError) as refused:
-        SyncPool(hooked.app.state.dbpool)  # type: ignore[attr-defined]  # as the first def request
+    with pytest.raises(RuntimeError) as refused, TestClient(
+        build_sync_app(make_settings(configure=configure))
+    ):
+        pass  # refused at startup, before any request could fail
+    assert "route /items/{item_id} takes SyncConnDep" in str(refused.value)
     assert "sets up its connections with configure (coroutines)" in str(refused.value)
     assert "use async def endpoints with get_conn" in str(refused.value)
+
+
+def test_the_sync_pool_sheds_only_at_its_gate_not_while_it_grows(
+    make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    # max_waiting=1 caps the queue at the gate; four requests fit max_size=4 and must all be
+    # served while the pool opens connections for them.
+    client = client_for(build_sync_app(make_settings(min_size=1, max_size=4, max_waiting=1)))
+    with ThreadPoolExecutor(4) as executor:
+        answers = list(
+            executor.map(lambda _: client.get("/sync/sleep", params={"seconds": 0.3}), range(4))
+        )
+    assert [answer.status_code for answer in answers] == [200] * 4
