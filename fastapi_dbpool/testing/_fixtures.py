@@ -5,8 +5,10 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 from starlette.types import ASGIApp
 
+from fastapi_dbpool._state import POOLS_KEY
 from fastapi_dbpool.settings import PoolSettings
 from fastapi_dbpool.testing._asgi import lifespan_client
 from fastapi_dbpool.testing._databases import TemplateDatabases, Templates
@@ -106,6 +108,23 @@ def load_app(spec: str) -> ASGIApp:
     return target  # type: ignore[no-any-return]
 
 
+def check_database(app: object, url: str) -> None:
+    """Fail when the app's started pool connects elsewhere than url (settings read before the
+    test pointed DBPOOL_URL at its database): the test would silently use another database."""
+    databases = getattr(getattr(app, "state", None), POOLS_KEY, None)
+    if databases is None:
+        return
+    wanted = conninfo_to_dict(url).get("dbname")
+    got = conninfo_to_dict(databases.default.settings.conninfo()).get("dbname")
+    if got != wanted:
+        raise RuntimeError(
+            f"the app's pool connects to the database {got!r}, not this test's {wanted!r}: its "
+            "settings were read before the test (PoolSettings() at import time?). Use "
+            "pool_lifespan, create_pool_lifespan(a function returning PoolSettings), or build "
+            "the app from the dbpool_settings fixture"
+        )
+
+
 def _point_environment_at(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     # Apps that read their settings at startup (pool_lifespan) find the test's database.
     for name in URL_ENV_VARS:
@@ -129,6 +148,7 @@ async def dbpool_client(
         )
     _point_environment_at(monkeypatch, dbpool_database)
     async with lifespan_client(dbpool_app) as client:
+        check_database(dbpool_app, dbpool_database)
         yield client
 
 
@@ -141,4 +161,5 @@ def dbpool_test_client(
 
     _point_environment_at(monkeypatch, dbpool_database)
     with TestClient(dbpool_app) as client:
+        check_database(dbpool_app, dbpool_database)
         yield client

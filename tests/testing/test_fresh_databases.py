@@ -29,6 +29,7 @@ from fastapi_dbpool.testing import (
     python_command,
 )
 from fastapi_dbpool.testing._databases import name_prefix
+from fastapi_dbpool.testing._fixtures import check_database
 
 
 @pytest.fixture
@@ -209,6 +210,18 @@ async def test_lifespan_state_reaches_every_request(
         body = (await client.get("/")).json()
     assert body["greeting"] == "hello"
     assert body["database"] == psycopg.conninfo.conninfo_to_dict(dbpool_database)["dbname"]
+
+
+@pytest.mark.anyio
+async def test_an_app_whose_settings_were_read_before_the_test_is_refused(
+    database_server: DatabaseServer, dbpool_database: str
+) -> None:
+    # Settings built at import time (here: the server's shared database), not at startup.
+    app = state_app(PoolSettings(url=database_server.url, min_size=1, max_size=1))
+    async with lifespan_client(app):
+        with pytest.raises(RuntimeError, match="not this test's 'dbpool_"):
+            check_database(app, dbpool_database)
+        check_database(app, database_server.url)  # where it does connect: no complaint
 
 
 @pytest.mark.anyio
