@@ -106,6 +106,48 @@ def test_schema_from_a_migrations_command(
     assert tables_of_a_clone(database_server, templates, command) == ["migrated"]
 
 
+ALEMBIC_ENV = """
+import os
+from alembic import context
+from sqlalchemy import create_engine
+
+# The plugin sets DATABASE_URL (and DBPOOL_URL) to the database being built.
+url = os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://", 1)
+with create_engine(url).connect() as connection:
+    context.configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()
+"""
+
+ALEMBIC_REVISION = """
+from alembic import op
+import sqlalchemy as sa
+
+revision = "0001"
+down_revision = None
+
+
+def upgrade():
+    op.create_table("accounts", sa.Column("id", sa.Integer, primary_key=True))
+"""
+
+
+def test_schema_from_real_alembic_migrations(
+    database_server: DatabaseServer, templates: list[TemplateDatabases], tmp_path: Path
+) -> None:
+    """docs/testing.md's Alembic source, run for real: alembic upgrade head on the template."""
+    (tmp_path / "alembic.ini").write_text("[alembic]\nscript_location = migrations\n")
+    (tmp_path / "migrations" / "versions").mkdir(parents=True)
+    (tmp_path / "migrations" / "env.py").write_text(ALEMBIC_ENV)
+    (tmp_path / "migrations" / "versions" / "0001_accounts.py").write_text(ALEMBIC_REVISION)
+    command = python_command("-m", "alembic", "upgrade", "head", cwd=tmp_path)
+    assert tables_of_a_clone(database_server, templates, command) == [
+        "accounts",
+        "alembic_version",
+    ]
+
+
 def test_a_failing_command_shows_its_output_without_the_password(
     database_server: DatabaseServer, templates: list[TemplateDatabases]
 ) -> None:
