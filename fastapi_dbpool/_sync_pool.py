@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from time import monotonic
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -27,12 +27,16 @@ from psycopg import Transaction
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
+from typing_extensions import TypeVarTuple, Unpack  # typing has them from 3.11
 
 from fastapi_dbpool.database import DatabasePool, pool_limits
 from fastapi_dbpool.errors import UNAVAILABLE_REASONS, UnavailableReason
 from fastapi_dbpool.hooks import ConnectionSetupError, describe
 from fastapi_dbpool.restore import Baseline
 from fastapi_dbpool.settings import PoolSettings
+
+Args = TypeVarTuple("Args")
+Result = TypeVar("Result")
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -176,7 +180,7 @@ class SyncPool:
             self._gate.release()
             raise
 
-    async def run(self, work: Any, *args: Any) -> Any:
+    async def run(self, work: Callable[[Unpack[Args]], Result], *args: Unpack[Args]) -> Result:
         """Run a blocking call on a connection this pool lent, off the event loop."""
         return await anyio.to_thread.run_sync(work, *args, limiter=self._threads)
 

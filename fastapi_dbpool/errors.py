@@ -1,16 +1,16 @@
 """Pool and connection errors turned into HTTP answers, in one place."""
 
 import logging
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from collections.abc import Container
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
 
 import psycopg
-from psycopg import AsyncConnection
 from psycopg import errors as pg_errors
 from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 from starlette.exceptions import HTTPException
 
 if TYPE_CHECKING:
-    from fastapi_dbpool.database import DatabasePool
+    from fastapi_dbpool.settings import PoolSettings
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -29,6 +29,30 @@ _MESSAGES: dict[UnavailableReason, str] = {
     "pool_closed": "the database pool is closed",
     "connection_lost": "the connection to the database was lost",
 }
+
+
+class Connection(Protocol):
+    """What the answers read of a connection: psycopg's, async or sync."""
+
+    @property
+    def broken(self) -> bool: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+
+class Accounts(Protocol):
+    """What the answers read and count of a pool: DatabasePool, or the sync pool."""
+
+    @property
+    def settings(self) -> "PoolSettings": ...
+
+    @property
+    def cut(self) -> Container[Any]: ...
+
+    def redact(self, text: str) -> str: ...
+
+    def count_unavailable(self, reason: UnavailableReason) -> None: ...
 
 
 class PoolStartupError(RuntimeError):
@@ -118,7 +142,7 @@ class CommitOutcomeUnknown(DatabaseHTTPError):
 
 
 def unavailable_reason(
-    exc: BaseException, conn: psycopg.AsyncConnection[object] | None = None
+    exc: BaseException, conn: Connection | None = None
 ) -> UnavailableReason | None:
     """Why exc means the database cannot serve now, or None if it means something else."""
     if isinstance(exc, TooManyRequests):
@@ -139,7 +163,7 @@ def unavailable_reason(
 _FORBIDDEN = ("forbidden within a Transaction context", "'s request transaction: the request")
 
 
-def answer_for(database: "DatabasePool", exc: BaseException, conn: AsyncConnection[Any]) -> None:
+def answer_for(database: Accounts, exc: BaseException, conn: Connection) -> None:
     """Raise the HTTP answer for exc if it is a pool or connection error of this session."""
     if not isinstance(exc, Exception) or isinstance(exc, HTTPException):
         return
@@ -161,7 +185,7 @@ def answer_for(database: "DatabasePool", exc: BaseException, conn: AsyncConnecti
 
 
 def reraise(
-    database: "DatabasePool", exc: Exception, conn: AsyncConnection[Any] | None
+    database: Accounts, exc: Exception, conn: Connection | None
 ) -> NoReturn:
     translated = translate(database, exc, conn)
     if translated is exc:
@@ -170,7 +194,7 @@ def reraise(
 
 
 def translate(
-    database: "DatabasePool", exc: Exception, conn: AsyncConnection[Any] | None
+    database: Accounts, exc: Exception, conn: Connection | None
 ) -> Exception:
     """The HTTP answer for a pool or connection error; other errors pass unchanged."""
     if isinstance(exc, pg_errors.QueryCanceled):

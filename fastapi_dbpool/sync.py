@@ -14,12 +14,12 @@ AsyncConnection (its queries would be coroutines that never run) and names the f
 
 import inspect
 import logging
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import Annotated, Any
 
 import psycopg
 from anyio import CancelScope
 from fastapi import Depends
-from psycopg import AsyncConnection, Transaction
+from psycopg import Transaction
 from psycopg.pq import TransactionStatus
 from psycopg_pool import PoolClosed
 from starlette.requests import HTTPConnection
@@ -37,9 +37,6 @@ from fastapi_dbpool.errors import (
 )
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.settings import PoolSettings
-
-if TYPE_CHECKING:
-    from fastapi_dbpool.database import DatabasePool
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -97,7 +94,7 @@ class _SyncTransaction:
         try:
             conn = await self.pool.acquire()
         except Exception as exc:  # no connection in time, queue full, pool closed: 503
-            reraise(_accounts(self.pool), exc, None)
+            reraise(self.pool, exc, None)
         conn.owned = True
         self.conn = conn
         return conn
@@ -112,9 +109,8 @@ class _SyncTransaction:
                 failure = await pool.run(_finish, pool, conn, exc)
             finally:
                 pool.release_slot()
-        database, async_conn = _accounts(pool), cast(AsyncConnection[Any], conn)
         if exc is not None:
-            answer_for(database, exc, async_conn)  # 503/504 for pool and connection errors
+            answer_for(pool, exc, conn)  # 503/504 for pool and connection errors
             return
         if failure is not None:
             _answer_commit_failure(pool, conn, failure)
@@ -175,11 +171,10 @@ def _rollback(conn: SyncConnection, outer: Transaction | None, exc: BaseExceptio
 
 def _answer_commit_failure(pool: SyncPool, conn: SyncConnection, failure: Exception) -> None:
     """Raise the answer for a failed commit: 503 (lost before), 500 (refused or unknown)."""
-    database, async_conn = _accounts(pool), cast(AsyncConnection[Any], conn)
     if isinstance(failure, CommitFailed):
         raise failure
     if isinstance(failure, _LostBeforeCommit):
-        reraise(database, failure, async_conn)  # 503, as get_conn
+        reraise(pool, failure, conn)  # 503, as get_conn
     gone = isinstance(failure, psycopg.OperationalError) and (conn.broken or conn.closed)
     if gone and isinstance(failure, psycopg.Error) and failure.sqlstate is None:
         # COMMIT was sent and no answer came: the server may have committed.
@@ -189,7 +184,7 @@ def _answer_commit_failure(pool: SyncPool, conn: SyncConnection, failure: Except
             pool.redact(f"{type(failure).__name__}: {failure}"),
         )
         raise CommitOutcomeUnknown() from failure
-    translated = translate(database, failure, async_conn)
+    translated = translate(pool, failure, conn)
     if translated is failure:
         sqlstate = getattr(failure, "sqlstate", None)
         logger.warning(
@@ -198,11 +193,6 @@ def _answer_commit_failure(pool: SyncPool, conn: SyncConnection, failure: Except
         translated = CommitFailed()
     raise translated from failure
 
-
-def _accounts(pool: SyncPool) -> "DatabasePool":
-    """The sync pool where errors.py expects a DatabasePool: it reads settings, cut, redact
-    and count_unavailable, which SyncPool has, so 503s are counted under the sync pool."""
-    return cast("DatabasePool", pool)
 
 
 # The dependencies of fastapi_dbpool.dependencies that hand out async connections or pools.
