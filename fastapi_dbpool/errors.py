@@ -141,6 +141,38 @@ class CommitOutcomeUnknown(DatabaseHTTPError):
         )
 
 
+def caught_sql_error() -> "CommitFailed":
+    """The answer for an endpoint that returned after an SQL error it caught: COMMIT of an
+    aborted transaction silently rolls back, so never 200."""
+    logger.warning(
+        "the endpoint returned after an SQL error it caught, so nothing could be "
+        "committed; answering 500 (use a savepoint, conn.transaction(), to recover)"
+    )
+    return CommitFailed()
+
+
+def commit_failure(database: Accounts, exc: psycopg.Error, conn: Connection) -> Exception:
+    """The answer for a COMMIT that raised exc: outcome unknown (500, no Retry-After) when the
+    connection was lost with no answer, a pool or connection answer (503/504), else 500."""
+    gone = isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed)
+    if gone and not exc.sqlstate:
+        # COMMIT was sent and no answer came: the server may have committed. (An answer with a
+        # SQLSTATE, such as 57P01 when the backend was terminated, says it did not.)
+        logger.warning(
+            "connection lost during COMMIT: outcome unknown, answering 500 without "
+            "Retry-After (%s)",
+            database.redact(f"{type(exc).__name__}: {exc}"),
+        )
+        return CommitOutcomeUnknown()
+    translated = translate(database, exc, conn)
+    if translated is exc:
+        logger.warning(
+            "commit failed (%s, SQLSTATE %s); answering 500", type(exc).__name__, exc.sqlstate
+        )
+        return CommitFailed()
+    return translated
+
+
 def unavailable_reason(
     exc: BaseException, conn: Connection | None = None
 ) -> UnavailableReason | None:
@@ -184,18 +216,14 @@ def answer_for(database: Accounts, exc: BaseException, conn: Connection) -> None
         raise translated from exc
 
 
-def reraise(
-    database: Accounts, exc: Exception, conn: Connection | None
-) -> NoReturn:
+def reraise(database: Accounts, exc: Exception, conn: Connection | None) -> NoReturn:
     translated = translate(database, exc, conn)
     if translated is exc:
         raise exc
     raise translated from exc
 
 
-def translate(
-    database: Accounts, exc: Exception, conn: Connection | None
-) -> Exception:
+def translate(database: Accounts, exc: Exception, conn: Connection | None) -> Exception:
     """The HTTP answer for a pool or connection error; other errors pass unchanged."""
     if isinstance(exc, pg_errors.QueryCanceled):
         return QueryTimeout()

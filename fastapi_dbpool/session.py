@@ -27,8 +27,9 @@ from fastapi_dbpool.errors import (
     CommitFailed,
     CommitOutcomeUnknown,
     answer_for,
+    caught_sql_error,
+    commit_failure,
     reraise,
-    translate,
 )
 from fastapi_dbpool.options import NO_OPTIONS, SessionContext, TransactionOptions
 
@@ -334,12 +335,7 @@ async def _commit(database: DatabasePool, lease: Lease) -> None:
         reraise(database, lost, conn)
     status = conn.pgconn.transaction_status
     if status == _INERROR:
-        # COMMIT of an aborted transaction silently rolls back: never answer 200 then.
-        logger.warning(
-            "the endpoint returned after an SQL error it caught, so nothing could be "
-            "committed; answering 500 (use a savepoint, conn.transaction(), to recover)"
-        )
-        failed = CommitFailed()
+        failed = caught_sql_error()
         await _rollback(lease, failed)
         raise failed
     tx, lease.outer = lease.outer, None
@@ -349,24 +345,10 @@ async def _commit(database: DatabasePool, lease: Lease) -> None:
         elif status != _IDLE:  # IDLE: no statement ran, nothing to commit
             await conn.commit()
     except psycopg.Error as exc:
-        gone = isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed)
-        if gone and not exc.sqlstate:
-            # COMMIT was sent and no answer came: the server may have committed. (An answer
-            # with a SQLSTATE, such as 57P01 when the backend was terminated, says it did not.)
-            logger.warning(
-                "connection lost during COMMIT: outcome unknown, answering 500 without "
-                "Retry-After (%s)",
-                database.redact(f"{type(exc).__name__}: {exc}"),
-            )
+        answer = commit_failure(database, exc, conn)
+        if isinstance(answer, CommitOutcomeUnknown):
             database.healer.lost_connection()
-            raise CommitOutcomeUnknown() from exc
-        translated = translate(database, exc, conn)
-        if translated is exc:
-            logger.warning(
-                "commit failed (%s, SQLSTATE %s); answering 500", type(exc).__name__, exc.sqlstate
-            )
-            translated = CommitFailed()
-        raise translated from exc
+        raise answer from exc
 
 
 async def _rollback(lease: Lease, exc: BaseException) -> None:

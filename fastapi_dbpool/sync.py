@@ -30,10 +30,10 @@ from fastapi_dbpool._sync_pool import SyncConnection, SyncPool, async_setup_refu
 from fastapi_dbpool.dependencies import _before_response
 from fastapi_dbpool.errors import (
     CommitFailed,
-    CommitOutcomeUnknown,
     answer_for,
+    caught_sql_error,
+    commit_failure,
     reraise,
-    translate,
 )
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.settings import PoolSettings
@@ -116,7 +116,9 @@ class _SyncTransaction:
             _answer_commit_failure(pool, conn, failure)
 
 
-def _finish(pool: SyncPool, conn: SyncConnection, exc: BaseException | None) -> Exception | None:
+def _finish(
+    pool: SyncPool, conn: SyncConnection, exc: BaseException | None
+) -> "psycopg.Error | CommitFailed | None":
     """End the request's transaction and give the connection back (in a worker thread).
 
     Returns why the commit failed, if it did, for the event loop to answer."""
@@ -135,18 +137,15 @@ class _LostBeforeCommit(psycopg.OperationalError):
     """Nothing was committed: the connection was gone when the endpoint returned."""
 
 
-def _commit(conn: SyncConnection, outer: Transaction | None) -> Exception | None:
+def _commit(
+    conn: SyncConnection, outer: Transaction | None
+) -> "psycopg.Error | CommitFailed | None":
     if conn.broken or conn.closed:
         # Lost under an endpoint that swallowed the error: nothing was committed. 503, not 200.
         return _LostBeforeCommit("the connection was lost before the commit")
     status = conn.pgconn.transaction_status
     if status == _INERROR:
-        # COMMIT of an aborted transaction silently rolls back: never answer 200 then.
-        logger.warning(
-            "the endpoint returned after an SQL error it caught, so nothing could be "
-            "committed; answering 500 (use a savepoint, conn.transaction(), to recover)"
-        )
-        failed = CommitFailed()
+        failed = caught_sql_error()
         _rollback(conn, outer, failed)
         return failed
     try:
@@ -169,30 +168,15 @@ def _rollback(conn: SyncConnection, outer: Transaction | None, exc: BaseExceptio
         logger.warning("rollback failed: %s: %s", type(error).__name__, error)
 
 
-def _answer_commit_failure(pool: SyncPool, conn: SyncConnection, failure: Exception) -> None:
+def _answer_commit_failure(
+    pool: SyncPool, conn: SyncConnection, failure: "psycopg.Error | CommitFailed"
+) -> None:
     """Raise the answer for a failed commit: 503 (lost before), 500 (refused or unknown)."""
     if isinstance(failure, CommitFailed):
         raise failure
     if isinstance(failure, _LostBeforeCommit):
         reraise(pool, failure, conn)  # 503, as get_conn
-    gone = isinstance(failure, psycopg.OperationalError) and (conn.broken or conn.closed)
-    if gone and isinstance(failure, psycopg.Error) and failure.sqlstate is None:
-        # COMMIT was sent and no answer came: the server may have committed.
-        logger.warning(
-            "connection lost during COMMIT: outcome unknown, answering 500 without "
-            "Retry-After (%s)",
-            pool.redact(f"{type(failure).__name__}: {failure}"),
-        )
-        raise CommitOutcomeUnknown() from failure
-    translated = translate(pool, failure, conn)
-    if translated is failure:
-        sqlstate = getattr(failure, "sqlstate", None)
-        logger.warning(
-            "commit failed (%s, SQLSTATE %s); answering 500", type(failure).__name__, sqlstate
-        )
-        translated = CommitFailed()
-    raise translated from failure
-
+    raise commit_failure(pool, failure, conn) from failure
 
 
 # The dependencies of fastapi_dbpool.dependencies that hand out async connections or pools.
