@@ -136,10 +136,7 @@ def snapshot(database: DatabasePool) -> PoolStats:
         required=database.settings.is_required,
         serving=not database.down,
         fallbacks=database.fallbacks,
-        total=counters.pool_size,
-        free=counters.pool_available,
-        in_use=max(0, counters.pool_size - counters.pool_available),
-        waiting=counters.requests_waiting,
+        **_friendly(counters),
         counters=counters,
         unavailable=Unavailable.model_validate(dict(database.unavailable)),
         timings=timings,
@@ -154,13 +151,20 @@ def snapshot_sync(sync: SyncPool) -> PoolStats:
         name=sync.name,
         status="closed" if sync.pool.closed else "open",
         required=False,
-        total=counters.pool_size,
-        free=counters.pool_available,
-        in_use=max(0, counters.pool_size - counters.pool_available),
-        waiting=counters.requests_waiting,
+        **_friendly(counters),
         counters=counters,
         unavailable=Unavailable.model_validate(dict(sync.unavailable)),
     )
+
+
+def _friendly(counters: PoolCounters) -> dict[str, int]:
+    """The friendly view of psycopg-pool's counters: total, free, in_use, waiting."""
+    return {
+        "total": counters.pool_size,
+        "free": counters.pool_available,
+        "in_use": max(0, counters.pool_size - counters.pool_available),
+        "waiting": counters.requests_waiting,
+    }
 
 
 def snapshot_all(databases: Databases) -> AppPoolStats:
