@@ -31,7 +31,7 @@ from typing_extensions import TypeVarTuple, Unpack  # typing has them from 3.11
 
 from fastapi_dbpool.database import DatabasePool, pool_limits
 from fastapi_dbpool.errors import UNAVAILABLE_REASONS, UnavailableReason
-from fastapi_dbpool.hooks import ConnectionSetupError, describe
+from fastapi_dbpool.hooks import ConnectionSetupError, accepted_password, failure_message
 from fastapi_dbpool.restore import Baseline
 from fastapi_dbpool.settings import PoolSettings
 
@@ -250,16 +250,10 @@ def _with_password(
                 if close is not None:
                     close()  # never awaited: say so here, not in a RuntimeWarning
                 raise TypeError("it returned an awaitable: the sync pool needs a sync provider")
-            if not isinstance(password, str) or not password:
-                raise TypeError(f"it returned {type(password).__name__}, not a non-empty str")
+            return {**kwargs, "password": accepted_password(database, password)}
         except Exception as exc:
-            settings = database.settings
-            raise ConnectionSetupError(
-                f"pool {settings.name!r}: {settings.env_var('password_provider')} "
-                f"{describe(provider)} failed: {database.redact(f'{type(exc).__name__}: {exc}')}"
-            ) from None
-        database.keep_secret(password, 32)
-        return {**kwargs, "password": password}
+            message = failure_message(database, "password_provider", provider, exc)
+            raise ConnectionSetupError(message) from None
 
     return resolve
 

@@ -111,21 +111,31 @@ async def _password(database: "DatabasePool", provider: PasswordProvider) -> str
         value = provider()
         if inspect.isawaitable(value):
             value = await value
-        if not isinstance(value, str) or not value:
-            raise TypeError(f"it returned {type(value).__name__}, not a non-empty str")
+        return accepted_password(database, value)
     except Exception as exc:
         raise _failed(database, "password_provider", provider, exc) from None
+
+
+def accepted_password(database: "DatabasePool", value: object) -> str:
+    """A provider's answer, checked, and redacted from now on."""
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"it returned {type(value).__name__}, not a non-empty str")
     database.keep_secret(value, _SECRETS_KEPT)
     return value
+
+
+def failure_message(database: "DatabasePool", field: str, hook: object, exc: Exception) -> str:
+    """What failed, naming the setting, the hook and the pool; never a secret."""
+    settings = database.settings
+    return (
+        f"pool {settings.name!r}: {settings.env_var(field)} {describe(hook)} failed: "
+        f"{database.redact(f'{type(exc).__name__}: {exc}')}"
+    )
 
 
 def _failed(
     database: "DatabasePool", field: str, hook: object, exc: Exception
 ) -> ConnectionSetupError:
-    settings = database.settings
-    message = (
-        f"pool {settings.name!r}: {settings.env_var(field)} {describe(hook)} failed: "
-        f"{database.redact(f'{type(exc).__name__}: {exc}')}"
-    )
+    message = failure_message(database, field, hook, exc)
     logger.error("%s; the connection is discarded", message)
     return ConnectionSetupError(message)
