@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from fastapi_dbpool import (
     ConnDep,
@@ -25,6 +26,7 @@ from fastapi_dbpool import (
 from fastapi_dbpool.testing import DatabaseServer
 
 SettingsFactory = Callable[..., PoolSettings]
+ClientFor = Callable[[FastAPI], TestClient]
 
 
 @pytest.fixture(scope="session")
@@ -204,7 +206,7 @@ def build_app(settings: PoolSettings, **lifespan_kwargs: Any) -> FastAPI:
 
 
 @pytest.fixture
-def client_for() -> Iterator[Callable[[FastAPI], TestClient]]:
+def client_for() -> Iterator[ClientFor]:
     """Start an app's lifespan in a TestClient; every one started is shut down after the test."""
     clients: list[TestClient] = []
 
@@ -217,6 +219,15 @@ def client_for() -> Iterator[Callable[[FastAPI], TestClient]]:
     yield start
     for client in reversed(clients):
         client.__exit__(None, None, None)
+
+
+def url_without_password(url: str, user: str | None = None) -> str:
+    """url with its password left out (for a password provider), and another user if given."""
+    params = conninfo_to_dict(url)
+    params.pop("password", None)
+    if user is not None:
+        params["user"] = user
+    return make_conninfo(**{key: str(value) for key, value in params.items()})
 
 
 def row_exists(url: str, table: str, row_id: int) -> bool:

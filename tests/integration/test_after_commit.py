@@ -3,19 +3,15 @@ before it, so a task added by an endpoint runs only when its transaction committ
 
 import secrets
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import BackgroundTasks, FastAPI, HTTPException
-from fastapi.testclient import TestClient
 
 from fastapi_dbpool import ConnDep, create_pool_lifespan
 from fastapi_dbpool.testing import DatabaseServer
 
-from .conftest import SettingsFactory, row_exists
-
-ClientFor = Callable[[FastAPI], TestClient]
+from .conftest import ClientFor, SettingsFactory, row_exists
 
 
 def after_commit_app(settings_factory: SettingsFactory, sent: list[int]) -> FastAPI:

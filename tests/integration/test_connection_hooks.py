@@ -6,7 +6,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,17 +15,15 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from psycopg import AsyncConnection
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.composite import CompositeInfo, register_composite
 
 from fastapi_dbpool import ConnDep, SettingsError, create_pool_lifespan, pool_router
 from fastapi_dbpool.connection import PooledConnection
 from fastapi_dbpool.errors import PoolStartupError
 from fastapi_dbpool.testing import DatabaseServer, Observer
-from tests.integration.conftest import SettingsFactory
+from tests.integration.conftest import ClientFor, SettingsFactory, url_without_password
 
 Conn = AsyncConnection[Any]
-ClientFor = Callable[[FastAPI], TestClient]
 
 
 def hook_app(settings: Any, **lifespan: Any) -> FastAPI:
@@ -150,6 +148,17 @@ def test_the_lifespan_gives_hooks_to_every_pool_without_its_own(
     assert calls and set(calls) == {"own"}  # a pool's own hook wins over the lifespan's
 
 
+def marker_after_reset(client: TestClient, pid: int, wanted: tuple[object, ...]) -> object:
+    """app.marker on the connection pid once it reads one of wanted, or after 2 s: the reset
+    runs in the pool's worker, after the response."""
+    deadline = time.monotonic() + 2
+    while True:
+        body = client.get("/marker").json()
+        assert body["pid"] == pid  # the same connection
+        if body["marker"] in wanted or time.monotonic() > deadline:
+            return body["marker"]
+
+
 def test_reset_session_sets_what_configure_set_again(
     make_settings: SettingsFactory, client_for: ClientFor
 ) -> None:
@@ -159,13 +168,8 @@ def test_reset_session_sets_what_configure_set_again(
     settings = make_settings(min_size=1, max_size=1, configure=set_marker, reset_session=True)
     client = client_for(hook_app(settings))
     pid = client.get("/dirty").json()["pid"]  # a session-level SET that RESET ALL undoes
-    deadline = time.monotonic() + 2  # the reset runs in the pool's worker, after the response
-    while True:
-        body = client.get("/marker").json()
-        assert body["pid"] == pid
-        if body["marker"] == "configured" or time.monotonic() > deadline:
-            break
-    assert body["marker"] == "configured"  # neither the request's "dirty" nor RESET ALL's ""
+    marker = marker_after_reset(client, pid, ("configured",))
+    assert marker == "configured"  # neither the request's "dirty" nor RESET ALL's ""
 
 
 def test_a_reset_hook_runs_on_every_connection_given_back(
@@ -177,13 +181,8 @@ def test_a_reset_hook_runs_on_every_connection_given_back(
     settings = make_settings(min_size=1, max_size=1, reset=forget_marker)
     client = client_for(hook_app(settings))
     pid = client.get("/dirty").json()["pid"]
-    deadline = time.monotonic() + 2  # the reset runs in the pool's worker, after the response
-    while True:
-        body = client.get("/marker").json()
-        assert body["pid"] == pid  # the same connection
-        if body["marker"] in ("", None) or time.monotonic() > deadline:
-            break
-    assert body["marker"] in ("", None)
+    marker = marker_after_reset(client, pid, ("", None))
+    assert marker in ("", None)
 
 
 def test_a_raising_configure_fails_startup_naming_the_hook_never_the_password(
@@ -289,13 +288,6 @@ def rotating_role(database_server: DatabaseServer, observer: Observer) -> Iterat
         observer.execute(f"DROP ROLE IF EXISTS {role}")
 
 
-def _url_without_password(url: str, user: str) -> str:
-    params = conninfo_to_dict(url)
-    params.pop("password", None)
-    params["user"] = user
-    return make_conninfo(**{key: str(value) for key, value in params.items()})
-
-
 def test_a_password_rotated_mid_run_fails_no_request(
     make_settings: SettingsFactory,
     client_for: ClientFor,
@@ -313,7 +305,7 @@ def test_a_password_rotated_mid_run_fails_no_request(
         return current["password"]
 
     settings = make_settings(
-        url=_url_without_password(database_server.url, rotating_role),
+        url=url_without_password(database_server.url, rotating_role),
         min_size=2,
         max_size=4,
         password_provider=token,
@@ -344,7 +336,7 @@ def test_a_failing_password_provider_fails_startup_naming_it(
         raise ConnectionError("vault sealed")
 
     settings = make_settings(
-        url=_url_without_password(database_server.url, rotating_role), password_provider=vault
+        url=url_without_password(database_server.url, rotating_role), password_provider=vault
     )
     with pytest.raises(PoolStartupError) as caught, TestClient(hook_app(settings)):
         pass
@@ -372,7 +364,7 @@ def test_a_provider_failing_at_run_time_answers_503_then_recovers_and_never_show
         return password
 
     settings = make_settings(
-        url=_url_without_password(database_server.url, rotating_role),
+        url=url_without_password(database_server.url, rotating_role),
         min_size=1,
         max_size=1,
         password_provider=token,

@@ -5,7 +5,7 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,8 @@ from fastapi_dbpool import ConnDep, create_pool_lifespan, pool_lifespan, pool_ro
 from fastapi_dbpool.testing import DatabaseServer
 from tests.support import ROOT, serve_app
 
-from .conftest import SettingsFactory, build_app
+from .conftest import ClientFor, SettingsFactory, build_app
 
-ClientFor = Callable[[FastAPI], TestClient]
 GRAFANA = ROOT / "docs" / "grafana" / "fastapi_dbpool.json"
 CAUSES = ("pool_timeout", "queue_full", "pool_closed", "connection_lost")
 

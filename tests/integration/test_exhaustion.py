@@ -2,18 +2,14 @@
 
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx2
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from fastapi_dbpool.testing import Observer
 
-from .conftest import SettingsFactory, build_app
-
-ClientFor = Callable[[FastAPI], TestClient]
+from .conftest import ClientFor, SettingsFactory, build_app
 
 
 class PeakSampler:

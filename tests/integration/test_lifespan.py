@@ -2,7 +2,7 @@
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -17,9 +17,7 @@ from fastapi_dbpool.errors import PoolStartupError
 from fastapi_dbpool.testing import DatabaseServer, Observer
 from tests.support import free_port
 
-from .conftest import SettingsFactory, build_app
-
-ClientFor = Callable[[FastAPI], TestClient]
+from .conftest import ClientFor, SettingsFactory, build_app
 
 
 def with_netloc(url: str, netloc: str) -> str:

@@ -1,16 +1,11 @@
 """GET /pool/metrics parses as Prometheus text and agrees with /pool/stats."""
 
-from collections.abc import Callable
-
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastapi_dbpool.testing import DatabaseServer
 
-from .conftest import SettingsFactory, build_app
-
-ClientFor = Callable[[FastAPI], TestClient]
+from .conftest import ClientFor, SettingsFactory, build_app
 
 
 def scrape(client: TestClient) -> dict[str, list[tuple[dict[str, str], float]]]:

@@ -6,12 +6,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
@@ -19,9 +16,7 @@ from fastapi_dbpool import otel
 from fastapi_dbpool.testing import DatabaseServer
 from fastapi_dbpool.timings import HISTOGRAM_BOUNDS
 
-from .conftest import SettingsFactory, build_app
-
-ClientFor = Callable[[FastAPI], TestClient]
+from .conftest import ClientFor, SettingsFactory, build_app
 
 # The semantic conventions' connection pool metrics: name -> unit.
 SPEC = {

@@ -8,7 +8,7 @@ the connection for the next request, never two connections of one pool for one r
 
 import secrets
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
@@ -31,9 +31,8 @@ from fastapi_dbpool import (
 )
 from fastapi_dbpool.testing import DatabaseServer, Observer
 
-from .conftest import SettingsFactory, row_exists
+from .conftest import ClientFor, SettingsFactory, row_exists
 
-ClientFor = Callable[[FastAPI], TestClient]
 Conn = AsyncConnection[Any]
 
 OtherConnDep = Annotated[Conn, Depends(get_conn_for("other"))]

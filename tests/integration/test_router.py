@@ -2,7 +2,6 @@
 
 import secrets
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit, urlunsplit
 
@@ -14,9 +13,7 @@ from fastapi_dbpool import create_pool_lifespan, pool_router
 from fastapi_dbpool.stats import PoolCounters
 from fastapi_dbpool.testing import DatabaseServer, Observer
 
-from .conftest import SettingsFactory, build_app
-
-ClientFor = Callable[[FastAPI], TestClient]
+from .conftest import ClientFor, SettingsFactory, build_app
 
 
 def test_health_ok(make_settings: SettingsFactory, client_for: ClientFor) -> None:

@@ -2,7 +2,6 @@
 tenants interleaved on one connection never see each other's rows, and none sees nothing."""
 
 import secrets
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import psycopg
@@ -15,9 +14,7 @@ from fastapi_dbpool import PoolSettings, create_pool_lifespan, get_conn_with
 from fastapi_dbpool.options import SessionContext
 from fastapi_dbpool.testing import DatabaseServer
 
-from .conftest import SettingsFactory
-
-ClientFor = Callable[[FastAPI], TestClient]
+from .conftest import ClientFor, SettingsFactory
 
 
 async def tenant_context(x_tenant: Annotated[str | None, Header()] = None) -> SessionContext | None:

@@ -1,11 +1,9 @@
 """The password never appears in a response, a log line, an exception or a repr."""
 
 import logging
-from collections.abc import Callable
 from urllib.parse import quote
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from fastapi_dbpool import SettingsError
@@ -13,9 +11,7 @@ from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.errors import PoolStartupError
 from fastapi_dbpool.testing import DatabaseServer
 
-from .conftest import SettingsFactory, build_app
-
-ClientFor = Callable[[FastAPI], TestClient]
+from .conftest import ClientFor, SettingsFactory, build_app
 
 
 def forms(password: str) -> list[str]:

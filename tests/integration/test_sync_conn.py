@@ -3,7 +3,6 @@
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -11,6 +10,7 @@ import httpx2
 import pytest
 from fastapi import BackgroundTasks, FastAPI, HTTPException
 from fastapi.testclient import TestClient
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from fastapi_dbpool import (
@@ -22,10 +22,8 @@ from fastapi_dbpool import (
 )
 from fastapi_dbpool.testing import DatabaseServer, Observer
 
-from .conftest import SettingsFactory, row_exists
+from .conftest import ClientFor, SettingsFactory, row_exists, url_without_password
 from .test_exhaustion import PeakSampler
-
-ClientFor = Callable[[FastAPI], TestClient]
 
 
 def new_id() -> int:
@@ -281,11 +279,8 @@ def test_a_sync_password_provider_serves_def_endpoints_and_async_hooks_are_refus
     observer: Observer,
     unique_app_name: str,
 ) -> None:
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    params = conninfo_to_dict(database_server.url)
-    password = str(params.pop("password"))
-    no_password = make_conninfo(**{key: str(value) for key, value in params.items()})
+    password = str(conninfo_to_dict(database_server.url)["password"])
+    no_password = url_without_password(database_server.url)
     calls: list[str] = []
 
     def provider() -> str:  # a sync provider: both pools call it for each new connection
@@ -303,8 +298,9 @@ def test_a_sync_password_provider_serves_def_endpoints_and_async_hooks_are_refus
     async def configure(conn: Any) -> None:
         return None
 
-    with pytest.raises(RuntimeError) as refused, TestClient(
-        build_sync_app(make_settings(configure=configure))
+    with (
+        pytest.raises(RuntimeError) as refused,
+        TestClient(build_sync_app(make_settings(configure=configure))),
     ):
         pass  # refused at startup, before any request could fail
     assert "route /items/{item_id} takes SyncConnDep" in str(refused.value)

@@ -1,18 +1,13 @@
 """Checkout timings in /pool/stats, and slow holders named by route."""
 
 import logging
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
 from fastapi_dbpool.testing import DatabaseServer
 
-from .conftest import SettingsFactory, build_app
-
-ClientFor = Callable[[FastAPI], TestClient]
+from .conftest import ClientFor, SettingsFactory, build_app
 
 
 def test_hold_and_wait_percentiles_on_a_known_workload(

@@ -1,21 +1,18 @@
 """get_conn_with: per-route transaction options, visible inside, gone on the next request."""
 
 import secrets
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import pytest
 from fastapi import Depends, FastAPI
-from fastapi.testclient import TestClient
 from psycopg import AsyncConnection
 
 from fastapi_dbpool import ConnDep, create_pool_lifespan, get_conn_with
 from fastapi_dbpool.options import TransactionOptions
 from fastapi_dbpool.testing import DatabaseServer
 
-from .conftest import SettingsFactory, row_exists
+from .conftest import ClientFor, SettingsFactory, row_exists
 
-ClientFor = Callable[[FastAPI], TestClient]
 Conn = AsyncConnection[Any]
 ReportConn = Annotated[
     Conn,

@@ -2,16 +2,10 @@
 
 import secrets
 import time
-from collections.abc import Callable
-
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
 from fastapi_dbpool.testing import DatabaseServer, Observer
 
-from .conftest import SettingsFactory, build_app, row_exists
-
-ClientFor = Callable[[FastAPI], TestClient]
+from .conftest import ClientFor, SettingsFactory, build_app, row_exists
 
 
 def new_id() -> int:
