@@ -29,6 +29,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
 from typing_extensions import TypeVarTuple, Unpack  # typing has them from 3.11
 
+from fastapi_dbpool.connection import TransactionRefused
 from fastapi_dbpool.database import DatabasePool, pool_limits
 from fastapi_dbpool.errors import UNAVAILABLE_REASONS, UnavailableReason
 from fastapi_dbpool.hooks import ConnectionSetupError, accepted_password, failure_message
@@ -61,17 +62,17 @@ class SyncConnection(psycopg.Connection[Any]):
 
     def commit(self) -> None:
         if self.owned:
-            raise psycopg.ProgrammingError(_REFUSED.format(what="commit"))
+            raise TransactionRefused(_REFUSED.format(what="commit"))
         super().commit()
 
     def rollback(self) -> None:
         if self.owned:
-            raise psycopg.ProgrammingError(_REFUSED.format(what="rollback"))
+            raise TransactionRefused(_REFUSED.format(what="rollback"))
         super().rollback()
 
     def set_autocommit(self, value: bool) -> None:
         if value and self.owned:
-            raise psycopg.ProgrammingError(_REFUSED.format(what="set_autocommit"))
+            raise TransactionRefused(_REFUSED.format(what="set_autocommit"))
         super().set_autocommit(value)
 
     @contextmanager

@@ -26,6 +26,10 @@ _REFUSED = (
 )
 
 
+class TransactionRefused(psycopg.ProgrammingError):
+    """conn.commit(), rollback() or set_autocommit(True) inside a request's transaction."""
+
+
 class Owner(Protocol):
     """The request transaction that holds a connection (session.Lease)."""
 
@@ -40,17 +44,17 @@ class PooledConnection(AsyncConnection[Any]):
 
     async def commit(self) -> None:
         if self.owner is not None:
-            raise psycopg.ProgrammingError(_REFUSED.format(what="commit"))
+            raise TransactionRefused(_REFUSED.format(what="commit"))
         await super().commit()
 
     async def rollback(self) -> None:
         if self.owner is not None:
-            raise psycopg.ProgrammingError(_REFUSED.format(what="rollback"))
+            raise TransactionRefused(_REFUSED.format(what="rollback"))
         await super().rollback()
 
     async def set_autocommit(self, value: bool) -> None:
         if value and self.owner is not None:
-            raise psycopg.ProgrammingError(_REFUSED.format(what="set_autocommit"))
+            raise TransactionRefused(_REFUSED.format(what="set_autocommit"))
         await super().set_autocommit(value)
 
     @asynccontextmanager

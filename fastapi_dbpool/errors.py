@@ -9,6 +9,8 @@ from psycopg import errors as pg_errors
 from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 from starlette.exceptions import HTTPException
 
+from fastapi_dbpool.connection import TransactionRefused
+
 if TYPE_CHECKING:
     from fastapi_dbpool.settings import PoolSettings
 
@@ -192,14 +194,17 @@ def unavailable_reason(
     return None
 
 
-_FORBIDDEN = ("forbidden within a Transaction context", "'s request transaction: the request")
+# psycopg's own refusal of commit() inside a conn.transaction() block.
+_FORBIDDEN_IN_BLOCK = "forbidden within a Transaction context"
 
 
 def answer_for(database: Accounts, exc: BaseException, conn: Connection) -> None:
     """Raise the HTTP answer for exc if it is a pool or connection error of this session."""
     if not isinstance(exc, Exception) or isinstance(exc, HTTPException):
         return
-    if isinstance(exc, psycopg.ProgrammingError) and any(text in str(exc) for text in _FORBIDDEN):
+    if isinstance(exc, TransactionRefused) or (
+        isinstance(exc, psycopg.ProgrammingError) and _FORBIDDEN_IN_BLOCK in str(exc)
+    ):
         logger.warning(
             "the endpoint called conn.commit() or conn.rollback() on a get_conn connection: "
             "the request's transaction commits when the endpoint returns and rolls back when "
