@@ -5,6 +5,7 @@ retried with backoff, and startup's probe runs them too, so it fails fast), on t
 workers, never on the checkout path: a pool without them uses PooledConnection as it is.
 """
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -92,11 +93,28 @@ async def _configure(database: "DatabasePool", hook: ConnectionHook, conn: Conn)
     await _run(database, "configure", hook, conn)
 
 
+class HookTimeout(Exception):
+    """A hook or a password provider took longer than DBPOOL_HOOK_TIMEOUT."""
+
+
+async def _bounded(database: "DatabasePool", work: Awaitable[Any]) -> Any:
+    """work, within DBPOOL_HOOK_TIMEOUT: a hook that never returns must not hold a connection
+    attempt, the pool or the app's startup for ever."""
+    settings = database.settings
+    try:
+        return await asyncio.wait_for(work, settings.hook_timeout)
+    except asyncio.TimeoutError:
+        raise HookTimeout(
+            f"it did not return within {settings.env_var('hook_timeout')} "
+            f"({settings.hook_timeout} s)"
+        ) from None
+
+
 async def _run(database: "DatabasePool", field: str, hook: ConnectionHook, conn: Conn) -> None:
     """Run hook on conn; what it leaves in a transaction is committed (its SETs, type lookups);
     a failure is logged and raised naming the hook and the pool, never a secret."""
     try:
-        await hook(conn)
+        await _bounded(database, hook(conn))
         status = conn.pgconn.transaction_status
         if status == TransactionStatus.INTRANS:
             await conn.commit()
@@ -108,9 +126,12 @@ async def _run(database: "DatabasePool", field: str, hook: ConnectionHook, conn:
 
 async def _password(database: "DatabasePool", provider: PasswordProvider) -> str:
     try:
-        value = provider()
-        if inspect.isawaitable(value):
-            value = await value
+        if inspect.iscoroutinefunction(provider):
+            value = await _bounded(database, provider())
+        else:  # a sync provider may block (an HTTP call for a token): never on the event loop
+            value = await _bounded(database, asyncio.to_thread(provider))
+            if inspect.isawaitable(value):
+                value = await _bounded(database, value)
         return accepted_password(database, value)
     except Exception as exc:
         raise _failed(database, "password_provider", provider, exc) from None

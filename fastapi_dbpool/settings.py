@@ -253,6 +253,15 @@ class PoolSettings(BaseSettings):
         "for short-lived credentials (RDS IAM, Azure AD, Vault), as module:function or the "
         "function; its answers are secrets, redacted like the URL's password.",
     )
+    hook_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Seconds the configure and reset hooks and the password provider may take "
+        "for one connection; past it the connection is discarded, as a failed connection "
+        "attempt (a failed startup, at startup), and the error names the hook.",
+    )
     reset_session: bool = Field(
         False,
         description="Run RESET ALL on every connection given back (in psycopg-pool's worker, "

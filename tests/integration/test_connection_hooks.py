@@ -387,3 +387,105 @@ def test_a_provider_failing_at_run_time_answers_503_then_recovers_and_never_show
     while client.get("/marker").status_code != 200:
         assert time.monotonic() < deadline, "the pool did not recover once the provider worked"
         time.sleep(0.1)
+
+
+def test_a_configure_that_never_returns_fails_startup_within_the_hook_timeout(
+    make_settings: SettingsFactory,
+) -> None:
+    async def stuck(conn: Conn) -> None:
+        await asyncio.sleep(3600)  # waits on a lock or a service that never answers
+
+    app = hook_app(make_settings(configure=stuck, hook_timeout=0.5, open_timeout=2.0))
+    started = time.monotonic()
+    with pytest.raises(PoolStartupError) as caught, TestClient(app):
+        pass
+    assert time.monotonic() - started < 0.5 + 2.0
+    message = str(caught.value)
+    assert f"configure {__name__}:test_a_configure_that_never_returns" in message
+    assert "did not return within hook_timeout (0.5 s)" in message
+
+
+def test_an_async_provider_that_never_returns_fails_startup_naming_it(
+    make_settings: SettingsFactory, database_server: DatabaseServer, rotating_role: str
+) -> None:
+    async def vault() -> str:
+        await asyncio.sleep(3600)
+        return "never"
+
+    settings = make_settings(
+        url=url_without_password(database_server.url, rotating_role),
+        password_provider=vault,
+        hook_timeout=0.5,
+    )
+    started = time.monotonic()
+    with pytest.raises(PoolStartupError) as caught, TestClient(hook_app(settings)):
+        pass
+    assert time.monotonic() - started < 0.5 + 2.0
+    assert "password_provider tests." in str(caught.value)
+    assert "did not return within hook_timeout" in str(caught.value)
+
+
+def test_a_configure_hung_at_run_time_answers_503_and_the_pool_recovers(
+    make_settings: SettingsFactory,
+    client_for: ClientFor,
+    observer: Observer,
+    unique_app_name: str,
+) -> None:
+    state = {"hang": False}
+
+    async def sometimes_stuck(conn: Conn) -> None:
+        if state["hang"]:
+            await asyncio.sleep(3600)
+
+    settings = make_settings(min_size=1, max_size=1, configure=sometimes_stuck, hook_timeout=0.5)
+    client = client_for(hook_app(settings))
+    assert client.get("/marker").status_code == 200
+    state["hang"] = True
+    observer.terminate(unique_app_name)
+    started = time.monotonic()
+    assert client.get("/marker").status_code == 503
+    assert time.monotonic() - started < 1.0 + 1.0  # DBPOOL_TIMEOUT + 1 s
+    state["hang"] = False
+    deadline = time.monotonic() + 5  # the stuck attempt is given up after 0.5 s, then retried
+    while client.get("/marker").status_code != 200:
+        assert time.monotonic() < deadline, "a hung configure kept the pool down"
+        time.sleep(0.1)
+
+
+def test_a_blocking_sync_provider_never_freezes_the_event_loop(
+    make_settings: SettingsFactory,
+    client_for: ClientFor,
+    database_server: DatabaseServer,
+    rotating_role: str,
+) -> None:
+    password = f"first-{rotating_role}"
+    state = {"slow": False}
+
+    def token_service() -> str:
+        if state["slow"]:
+            time.sleep(1.5)  # a blocking HTTP call for a token
+        return password
+
+    settings = make_settings(
+        url=url_without_password(database_server.url, rotating_role),
+        min_size=1,
+        max_size=2,
+        password_provider=token_service,
+    )
+    app = hook_app(settings)
+
+    @app.get("/ping")
+    async def ping() -> dict[str, bool]:
+        return {"ok": True}
+
+    client = client_for(app)
+    state["slow"] = True
+    with ThreadPoolExecutor(2) as executor:
+        # Two at once: the second needs a new connection, whose provider call blocks 1.5 s.
+        holds = [executor.submit(client.get, "/hold", params={"seconds": 0.2}) for _ in range(2)]
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert client.get("/ping").status_code == 200
+        ping_took = time.monotonic() - started
+        assert [hold.result().status_code for hold in holds] == [200, 200]
+    assert ping_took < 0.5, f"the event loop was blocked for {ping_took:.2f} s"
