@@ -13,6 +13,7 @@ putconn) run in worker threads of the pool's own, at most max_size at once.
 
 import inspect
 import logging
+import threading
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -24,11 +25,13 @@ import anyio
 import anyio.to_thread
 import psycopg
 from psycopg import Transaction
+from psycopg.abc import PQGen
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
 from typing_extensions import TypeVarTuple, Unpack  # typing has them from 3.11
 
+from fastapi_dbpool._owner import Claim, check, claim
 from fastapi_dbpool.connection import TransactionRefused
 from fastapi_dbpool.database import DatabasePool, pool_limits
 from fastapi_dbpool.errors import UNAVAILABLE_REASONS, UnavailableReason
@@ -59,6 +62,13 @@ class SyncConnection(psycopg.Connection[Any]):
 
     owned = False  # a get_sync_conn request holds it
     outer: Transaction | None = None  # the request's transaction, when begun by a block
+    claim: Claim | None = None  # the borrowing request's hold (_owner)
+
+    def wait(
+        self, gen: PQGen[Result], interval: float = 0.1, timeout: float | None = None
+    ) -> Result:
+        check(self)  # under the connection's lock: nothing after the request gave it back
+        return super().wait(gen, interval, timeout)
 
     def commit(self) -> None:
         if self.owned:
@@ -79,12 +89,26 @@ class SyncConnection(psycopg.Connection[Any]):
     def transaction(
         self, savepoint_name: str | None = None, force_rollback: bool = False
     ) -> Iterator[Transaction]:
-        if self.owned and self.outer is None and self.pgconn.transaction_status == _IDLE:
-            outer = Transaction(self)
-            outer.__enter__()  # BEGIN the request's transaction: the block is a savepoint
-            self.outer = outer
-        with super().transaction(savepoint_name, force_rollback) as tx:
-            yield tx
+        first = self.owned and self.outer is None and self.pgconn.transaction_status == _IDLE
+        if not first:
+            with super().transaction(savepoint_name, force_rollback) as tx:
+                yield tx
+            return
+        outer = Transaction(self)
+        outer.__enter__()  # BEGIN the request's transaction
+        self.outer = outer
+        if savepoint_name is not None or force_rollback:
+            with super().transaction(savepoint_name, force_rollback) as tx:
+                yield tx
+            return
+        # Nothing ran before this block: it is the request's transaction itself (no savepoint,
+        # no extra round trip). Its rollback is the whole transaction's, which held only it.
+        try:
+            yield outer
+        except BaseException as exc:
+            self.outer = None
+            if not outer.__exit__(type(exc), exc, exc.__traceback__):
+                raise
 
 
 class SyncPool:
@@ -174,12 +198,20 @@ class SyncPool:
             raise PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec") from None
         finally:
             self.waiting -= 1
+        left = max(0.05, timeout - (monotonic() - started))
+        handover = _Handover(self.pool)
         try:  # a slot is ours: a connection is idle or being made
-            left = max(0.05, timeout - (monotonic() - started))
-            return await anyio.to_thread.run_sync(self.pool.getconn, left, limiter=self._threads)
+            conn = await anyio.to_thread.run_sync(
+                handover.getconn, left, limiter=self._threads
+            )
         except BaseException:
+            # Cancelled (or failed) while the thread waits for getconn: whatever connection it
+            # gets now goes straight back to the pool, and the slot is free again.
+            handover.abandon()
             self._gate.release()
             raise
+        conn.claim = claim(conn)  # in the request's context, which its threads inherit
+        return conn
 
     async def run(self, work: Callable[[Unpack[Args]], Result], *args: Unpack[Args]) -> Result:
         """Run a blocking call on a connection this pool lent, off the event loop."""
@@ -221,6 +253,35 @@ class SyncPool:
         idle = monotonic() - baseline.idle_since if baseline is not None else float("inf")
         if self.settings.check == "always" or idle >= self.settings.check_idle_after:
             ConnectionPool.check_connection(conn)
+
+
+class _Handover:
+    """A getconn run in a worker thread for a request that may be cancelled meanwhile: the
+    connection is then put back by whichever side sees the cancellation last."""
+
+    __slots__ = ("_abandoned", "_conn", "_lock", "_pool")
+
+    def __init__(self, pool: ConnectionPool[SyncConnection]) -> None:
+        self._pool = pool
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._conn: SyncConnection | None = None
+
+    def getconn(self, timeout: float) -> SyncConnection:
+        conn = self._pool.getconn(timeout)
+        with self._lock:
+            if not self._abandoned:
+                self._conn = conn
+                return conn
+        self._pool.putconn(conn)  # the request is gone: never lend it to nobody
+        raise anyio.get_cancelled_exc_class()()
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            conn, self._conn = self._conn, None
+        if conn is not None:  # the thread got it, the request never did: back to the pool
+            threading.Thread(target=self._pool.putconn, args=(conn,), daemon=True).start()
 
 
 def async_setup_refused(settings: PoolSettings) -> str | None:

@@ -3,21 +3,29 @@
 While ``get_conn`` (``session.transaction``) holds a connection, the request owns its
 transaction. psycopg starts that transaction lazily, with the first statement, so a handler
 that opens a ``conn.transaction()`` block first would get a block of its own, committed when
-the block ends. Here the first such block begins the request's transaction first, so that the
-block is a savepoint inside it; and commit(), rollback() and set_autocommit(True), which would
-end the request's transaction early, are refused with a message that says what to do.
+the block ends. Here such a block, when nothing ran before it, *is* the request's
+transaction: its BEGIN is the request's, nothing is committed when it ends, and its rollback
+(nothing preceded it) is the whole transaction's; later blocks are savepoints inside it.
+commit(), rollback() and set_autocommit(True), which would end the request's transaction
+early, are refused with a message that says what to do.
 
 Outside a request's transaction (``get_pool``, ``get_read_conn``, background work) it behaves
-exactly as AsyncConnection.
+as AsyncConnection, but for one rule that holds everywhere: nothing runs on it once its
+borrower gave it back (``_owner``: every statement goes through ``wait``, which checks).
 """
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection, AsyncTransaction
+from psycopg.abc import PQGen
 from psycopg.pq import TransactionStatus
+
+from fastapi_dbpool._owner import Claim, check
+
+RV = TypeVar("RV")
 
 _REFUSED = (
     "conn.{what}() inside get_conn's request transaction: the request commits when the endpoint "
@@ -33,14 +41,26 @@ class TransactionRefused(psycopg.ProgrammingError):
 class Owner(Protocol):
     """The request transaction that holds a connection (session.Lease)."""
 
-    async def begin(self) -> None:
-        """Begin the request's transaction now, ahead of its first statement."""
+    async def begin(self) -> AsyncTransaction | None:
+        """Begin the request's transaction now, ahead of its first statement; None if it is
+        under way already."""
+
+    async def abort(self, tx: AsyncTransaction, exc: BaseException) -> bool:
+        """Roll back the request's transaction tx because a block raised exc; True if exc is
+        swallowed (psycopg.Rollback)."""
 
 
 class PooledConnection(AsyncConnection[Any]):
     """The connection class of every pool of this package."""
 
     owner: Owner | None = None  # set while a request's transaction holds the connection
+    claim: Claim | None = None  # the borrower's hold, set by the pool's getconn (_owner)
+
+    async def wait(
+        self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None
+    ) -> RV:
+        check(self)  # under the connection's lock: nothing after the borrower gave it back
+        return await super().wait(gen, interval, timeout)
 
     async def commit(self) -> None:
         if self.owner is not None:
@@ -62,7 +82,19 @@ class PooledConnection(AsyncConnection[Any]):
         self, savepoint_name: str | None = None, force_rollback: bool = False
     ) -> AsyncIterator[AsyncTransaction]:
         owner = self.owner
-        if owner is not None and self.pgconn.transaction_status == TransactionStatus.IDLE:
-            await owner.begin()
-        async with super().transaction(savepoint_name, force_rollback) as tx:
-            yield tx
+        if owner is None or self.pgconn.transaction_status != TransactionStatus.IDLE:
+            async with super().transaction(savepoint_name, force_rollback) as tx:
+                yield tx
+            return
+        outer = await owner.begin()
+        if outer is None or savepoint_name is not None or force_rollback:
+            async with super().transaction(savepoint_name, force_rollback) as tx:
+                yield tx
+            return
+        # Nothing ran before this block: it is the request's transaction itself (no savepoint,
+        # no extra round trip). Its rollback is the whole transaction's, which held only it.
+        try:
+            yield outer
+        except BaseException as exc:
+            if not await owner.abort(outer, exc):
+                raise

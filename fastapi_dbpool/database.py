@@ -21,7 +21,9 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from fastapi_dbpool import hooks, startup
+from fastapi_dbpool._owner import claim, core, release
 from fastapi_dbpool._redact import describe_conninfo, mask_conninfo, redact
+from fastapi_dbpool.connection import PooledConnection
 from fastapi_dbpool.errors import UNAVAILABLE_REASONS, UnavailableReason
 from fastapi_dbpool.healing import Healer
 from fastapi_dbpool.restore import Baseline
@@ -73,7 +75,7 @@ class DatabasePool:
         # What each connection was when the pool made it, and since when it is idle.
         self._baselines: weakref.WeakKeyDictionary[Conn, Baseline] = weakref.WeakKeyDictionary()
         self.healer = Healer(self)
-        self.pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+        self.pool: AsyncConnectionPool[Conn] = ClaimingPool(
             settings.conninfo(),
             kwargs=settings.connect_kwargs(),
             **pool_limits(settings),
@@ -270,6 +272,24 @@ class DatabasePool:
 
     async def _configure(self, conn: Conn) -> None:
         self._baselines[conn] = Baseline(conn)
+
+
+class ClaimingPool(AsyncConnectionPool[Conn]):
+    """psycopg-pool's AsyncConnectionPool whose checkouts claim the connection for their
+    borrower until putconn (``_owner``): also for apps that use the pool directly."""
+
+    async def getconn(self, timeout: float | None = None) -> Conn:
+        conn = await super().getconn(timeout)
+        if isinstance(conn, PooledConnection):
+            conn.claim = claim(conn)
+        return conn
+
+    async def putconn(self, conn: Conn) -> None:
+        if isinstance(conn, PooledConnection):
+            release(conn.claim)
+            conn.claim = None
+        with core():  # the pool's reset (a rollback) is the package's work, not the borrower's
+            await super().putconn(conn)
 
 
 def pool_limits(settings: PoolSettings) -> dict[str, Any]:

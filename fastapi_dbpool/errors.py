@@ -9,12 +9,27 @@ from psycopg import errors as pg_errors
 from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 from starlette.exceptions import HTTPException
 
+from fastapi_dbpool._owner import ConnectionReleased
 from fastapi_dbpool.connection import TransactionRefused
 
 if TYPE_CHECKING:
     from fastapi_dbpool.settings import PoolSettings
 
 logger = logging.getLogger("fastapi_dbpool")
+
+__all__ = [
+    "CommitFailed",
+    "CommitOutcomeUnknown",
+    "ConnectionReleased",
+    "DatabaseHTTPError",
+    "DatabaseUnavailable",
+    "DeadlineExceeded",
+    "LockTimeout",
+    "PoolStartupError",
+    "QueryTimeout",
+    "ReadOnlyViolation",
+    "TransactionRefused",
+]
 
 UnavailableReason = Literal["pool_timeout", "queue_full", "pool_closed", "connection_lost"]
 

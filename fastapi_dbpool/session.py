@@ -21,6 +21,7 @@ from psycopg import AsyncConnection, AsyncTransaction
 from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 
+from fastapi_dbpool._owner import core, release
 from fastapi_dbpool.connection import PooledConnection
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.errors import (
@@ -44,7 +45,16 @@ _OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 class Lease:
     """One connection lent by one pool to one request, shared by the request's sessions."""
 
-    __slots__ = ("conn", "database", "leases", "outer", "token", "transactional", "users")
+    __slots__ = (
+        "conn",
+        "database",
+        "leases",
+        "options",
+        "outer",
+        "token",
+        "transactional",
+        "users",
+    )
 
     def __init__(
         self,
@@ -59,15 +69,29 @@ class Lease:
         self.leases = leases
         self.users = 0
         self.transactional = False  # a transaction() session of the request holds it
+        self.options = False  # ... with options or a context of its own: nobody may join it
         self.outer: AsyncTransaction | None = None  # the request's, when begun explicitly
 
-    async def begin(self) -> None:
-        """Begin the request's transaction now (a conn.transaction() block comes first)."""
+    async def begin(self) -> AsyncTransaction | None:
+        """Begin the request's transaction now (a conn.transaction() block comes first): the
+        transaction, or None if one is under way already."""
         if self.outer is not None or self.conn.pgconn.transaction_status != _IDLE:
-            return  # begun already (two blocks opened at once, or a statement ran first)
+            return None  # begun already (two blocks opened at once, or a statement ran first)
         tx = AsyncTransaction(self.conn)
         await tx.__aenter__()
         self.outer = tx
+        return tx
+
+    async def abort(self, tx: AsyncTransaction, exc: BaseException) -> bool:
+        """A first block that was the request's transaction raised: roll the whole of it back
+        (nothing preceded the block). True if psycopg swallows exc (``psycopg.Rollback``)."""
+        if self.outer is tx:
+            self.outer = None
+        return bool(await tx.__aexit__(type(exc), exc, exc.__traceback__))
+
+    def end_claim(self) -> None:
+        """From now on, nothing of the request may run on the connection (_owner)."""
+        release(getattr(self.conn, "claim", None))
 
 
 Leases = MutableMapping[DatabasePool, Lease]
@@ -168,7 +192,9 @@ class _Session:
     ) -> None:
         lease = self.lease
         assert lease is not None, "exit without enter"
-        with CancelScope(shield=True):
+        with CancelScope(shield=True), core():
+            if lease.users == 1:  # the request is done with it: nothing of it runs any more
+                lease.end_claim()
             try:
                 await self._end(lease, exc)
             finally:
@@ -179,7 +205,9 @@ class _Session:
 
     async def _give_up(self, lease: Lease, exc: BaseException) -> NoReturn:
         """__aenter__ failed after joining: leave the lease, answer for exc (503 and such)."""
-        with CancelScope(shield=True):
+        with CancelScope(shield=True), core():
+            if lease.users == 1:
+                lease.end_claim()
             await _leave(lease)
         if isinstance(exc, Exception):
             reraise(self.database, exc, lease.conn)
@@ -191,15 +219,21 @@ _JOINED_WITH_OPTIONS = (
     "first), so get_conn_with's options cannot apply: give the route one transaction "
     "dependency per pool"
 )
+_JOINING_OPTIONS = (
+    "this request already runs a transaction with options (get_conn_with, or a context) on "
+    "this pool, which another transaction dependency may not join: it would run under options "
+    "it did not ask for. Give the route one transaction dependency per pool"
+)
 
 
 class Transaction(_Session):
     """The session of transaction(): it owns the request's transaction unless another
     session of the request already does."""
 
-    __slots__ = ("context", "joined", "options")
+    __slots__ = ("context", "joined", "options", "reads_after")
 
     joined: bool
+    reads_after: bool
     options: TransactionOptions | None
     context: SessionContext | None
 
@@ -210,9 +244,14 @@ class Transaction(_Session):
         if self.joined:
             if self.options or self.context:
                 await self._give_up(lease, RuntimeError(_JOINED_WITH_OPTIONS))
+            if lease.options:
+                await self._give_up(lease, RuntimeError(_JOINING_OPTIONS))
             return conn
+        # A read session of this request lent it first (a Starlette read block around this
+        # one): back to autocommit when this transaction ends, for the reads that follow.
+        self.reads_after = conn.autocommit
         try:
-            if conn.autocommit:  # a read session of this request lent it first
+            if conn.autocommit:
                 await conn.set_autocommit(False)
             if self.options or self.context:  # before BEGIN: psycopg puts them in it
                 await (self.options or NO_OPTIONS).apply(conn, self.context)
@@ -225,17 +264,22 @@ class Transaction(_Session):
         except BaseException as exc:
             await self._give_up(lease, exc)
         lease.transactional = True
+        lease.options = bool(self.options or self.context)
         return conn
 
     async def _end(self, lease: Lease, exc: BaseException | None) -> None:
         if self.joined:
             return
         _disown(lease)
-        if exc is not None:
-            await _rollback(lease, exc)
-            answer_for(self.database, exc, lease.conn)
-            return
-        await _commit(self.database, lease)
+        try:
+            if exc is not None:
+                await _rollback(lease, exc)
+                answer_for(self.database, exc, lease.conn)
+                return
+            await _commit(self.database, lease)
+        finally:
+            if self.reads_after and lease.users > 1:
+                await _back_to_autocommit(lease.conn)
 
 
 class Autocommit(_Session):
@@ -294,8 +338,16 @@ async def _refuse_bypass(database: DatabasePool, conn: Conn, context: SessionCon
         )
 
 
+async def _back_to_autocommit(conn: Conn) -> None:
+    if conn.closed or conn.broken:
+        return
+    await _rollback_quietly(conn)  # a failed commit leaves nothing open: this is a no-op then
+    await conn.set_autocommit(True)
+
+
 def _disown(lease: Lease) -> None:
     lease.transactional = False
+    lease.options = False
     conn = lease.conn
     if isinstance(conn, PooledConnection):
         conn.owner = None

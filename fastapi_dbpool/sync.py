@@ -25,6 +25,7 @@ from psycopg_pool import PoolClosed
 from starlette.requests import HTTPConnection
 
 from fastapi_dbpool import dependencies
+from fastapi_dbpool._owner import core, release
 from fastapi_dbpool._state import POOLS_KEY, _from_state, database_of
 from fastapi_dbpool._sync_pool import SyncConnection, SyncPool, async_setup_refused
 from fastapi_dbpool.dependencies import _before_response
@@ -41,6 +42,7 @@ from fastapi_dbpool.settings import PoolSettings
 logger = logging.getLogger("fastapi_dbpool")
 
 _INERROR = TransactionStatus.INERROR
+_CANCEL_TIMEOUT = 2.0  # seconds to wait for the server to acknowledge a cancel request
 _IDLE = TransactionStatus.IDLE
 
 _NO_LIFESPAN = (
@@ -104,8 +106,14 @@ class _SyncTransaction:
     ) -> None:
         conn, pool = self.conn, self.pool
         assert conn is not None, "exit without enter"
-        with CancelScope(shield=True):  # a cancelled request still rolls back and gives back
+        # Nothing of the request runs on the connection from now on: a def endpoint still
+        # running in its thread (its request was cancelled) gets ConnectionReleased.
+        release(conn.claim)
+        conn.claim = None
+        with CancelScope(shield=True), core():  # a cancelled request still rolls back
             try:
+                if conn.lock.locked():  # the endpoint's thread is inside a statement: stop it
+                    await pool.run(_cancel_statement, conn)
                 failure = await pool.run(_finish, pool, conn, exc)
             finally:
                 pool.release_slot()
@@ -131,6 +139,13 @@ def _finish(
         return _commit(conn, outer)
     finally:
         pool.give_back(conn)
+
+
+def _cancel_statement(conn: SyncConnection) -> None:
+    try:
+        conn.cancel_safe(timeout=_CANCEL_TIMEOUT)
+    except Exception as exc:  # the rollback that follows waits for the statement instead
+        logger.warning("could not cancel a cancelled request's statement: %s", exc)
 
 
 class _LostBeforeCommit(psycopg.OperationalError):

@@ -93,12 +93,28 @@ async def read_item(request: Request) -> JSONResponse:
     return JSONResponse({"note": note, "same_backend": same_backend})
 
 
+async def read_write_read(request: Request) -> JSONResponse:
+    """A read block around a write block, then a read: the write is committed when its block
+    ends, and the reads after it run in autocommit again."""
+    item_id = int(request.path_params["item_id"])
+    async with connection(request, read=True) as reader:
+        await reader.execute("SELECT 1")
+        async with connection(request) as conn:
+            await conn.execute(
+                "INSERT INTO starlette_items (id, note) VALUES (%s, 'rwr')", (item_id,)
+            )
+        cur = await reader.execute("SELECT note FROM starlette_items WHERE id = %s", (item_id,))
+        row = await cur.fetchone()
+    return JSONResponse({"note": row[0] if row else None})
+
+
 app = Starlette(
     lifespan=pool_lifespan,
     routes=[
         Route("/items/{item_id:int}", create_item, methods=["POST"]),
         Route("/items/{item_id:int}/rw", read_item, methods=["POST"]),
         Route("/items/{item_id:int}/nested", create_nested, methods=["POST"]),
+        Route("/items/{item_id:int}/rwr", read_write_read, methods=["POST"]),
         Route("/sleep", sleep, methods=["GET"]),
         *pool_routes(),
     ],

@@ -82,6 +82,18 @@ def test_a_read_in_a_writing_request_shares_its_connection(
     assert _note(admin, item_id) == "rw"
 
 
+def test_a_write_block_inside_a_read_block_answers_what_happened(
+    served: Served, admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """The write commits when its block ends; the read after it does not turn the answer into
+    a "rolled back" 500 (the row is there: a client trusting the 500 would write twice)."""
+    item_id = _new_id()
+    response = httpx2.post(f"{served.base}/items/{item_id}/rwr")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"note": "rwr"}
+    assert _note(admin, item_id) == "rwr"
+
+
 @pytest.mark.parametrize(("fail", "status", "kept"), [("", 201, True), ("1", 409, False)])
 def test_a_block_inside_a_block_joins_the_requests_transaction(
     served: Served,

@@ -100,3 +100,28 @@ def test_bad_options_fail_when_the_app_is_built() -> None:
     with pytest.raises(ValueError, match="statement_timeout must be a positive number"):
         get_conn_with(statement_timeout=0)
     assert get_conn_with(read_only=True) is get_conn_with(read_only=True)  # one per options
+
+
+@pytest.mark.parametrize("order", ["options_first", "plain_first"])
+def test_a_route_with_two_transaction_dependencies_one_with_options_is_refused_either_way(
+    make_settings: SettingsFactory, client_for: ClientFor, order: str
+) -> None:
+    """Declared in either order, a plain get_conn never runs silently under another
+    dependency's options (it used to, with the options first: a 504 from a timeout it never
+    asked for)."""
+    app = FastAPI(lifespan=create_pool_lifespan(make_settings()))
+
+    if order == "options_first":
+
+        @app.get("/both")
+        async def both(quick: QuickConn, conn: ConnDep) -> None:
+            await conn.execute("SELECT pg_sleep(0.4)")
+
+    else:
+
+        @app.get("/both")
+        async def both(conn: ConnDep, quick: QuickConn) -> None:  # type: ignore[misc]
+            await conn.execute("SELECT pg_sleep(0.4)")
+
+    response = client_for(app).get("/both")
+    assert response.status_code == 500  # refused, not run under the other's timeout (504)
