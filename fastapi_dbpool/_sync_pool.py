@@ -11,6 +11,7 @@ connections wait for a thread. The few blocking calls of a checkout (getconn, CO
 putconn) run in worker threads of the pool's own, at most max_size at once.
 """
 
+import asyncio
 import inspect
 import logging
 import threading
@@ -31,10 +32,12 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
 from typing_extensions import TypeVarTuple, Unpack  # typing has them from 3.11
 
+from fastapi_dbpool import _deadline
 from fastapi_dbpool._owner import Claim, check, claim
 from fastapi_dbpool.connection import TransactionRefused
 from fastapi_dbpool.database import DatabasePool, pool_limits
 from fastapi_dbpool.errors import UNAVAILABLE_REASONS, UnavailableReason
+from fastapi_dbpool.healing import closed_by_server
 from fastapi_dbpool.hooks import ConnectionSetupError, accepted_password, failure_message
 from fastapi_dbpool.restore import Baseline
 from fastapi_dbpool.settings import PoolSettings
@@ -123,7 +126,9 @@ class SyncPool:
         self.unavailable: Counter[UnavailableReason] = Counter(
             dict.fromkeys(UNAVAILABLE_REASONS, 0)
         )
-        self.cut: weakref.WeakSet[Any] = weakref.WeakSet()  # no deadline here: stays empty
+        self.cut: weakref.WeakSet[Any] = weakref.WeakSet()  # cut past DBPOOL_DEADLINE
+        self._lent: dict[SyncConnection, float] = {}  # lent now, and since when
+        self._deadline: asyncio.Task[None] | None = None
         self.waiting = 0  # requests waiting at the gate
         self._gate = anyio.Semaphore(source.max_size)
         self._threads = anyio.CapacityLimiter(source.max_size)
@@ -169,8 +174,19 @@ class SyncPool:
         self.unavailable[reason] += 1
 
     def open(self) -> None:
-        """Start the pool's workers; connections (min_size) are made in the background."""
+        """Start the pool's workers; connections (min_size) are made in the background. Called
+        in the event loop, which runs the DBPOOL_DEADLINE sweep of this pool too."""
         self.pool.open(wait=False)
+        settings = self.settings
+        self._deadline = asyncio.get_running_loop().create_task(
+            _deadline.enforce(
+                self.name,
+                settings.env_var("deadline"),
+                settings.effective_deadline,
+                self._lent,
+                self.cut,
+            )
+        )
         logger.info(
             "pool %r opened on first use by a def endpoint (min_size=%d, max_size=%d)",
             self.name,
@@ -179,6 +195,8 @@ class SyncPool:
         )
 
     async def close(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
         await anyio.to_thread.run_sync(self.pool.close, self.database.settings.close_timeout)
         logger.info("pool %r closed", self.name)
 
@@ -211,6 +229,7 @@ class SyncPool:
             self._gate.release()
             raise
         conn.claim = claim(conn)  # in the request's context, which its threads inherit
+        self._lent[conn] = monotonic()
         return conn
 
     async def run(self, work: Callable[[Unpack[Args]], Result], *args: Unpack[Args]) -> Result:
@@ -219,6 +238,7 @@ class SyncPool:
 
     def give_back(self, conn: SyncConnection) -> None:
         """Put back what the borrower changed, then return the connection (blocking)."""
+        self._lent.pop(conn, None)
         try:
             if not conn.closed and not conn.broken:
                 if conn.pgconn.transaction_status != _IDLE:
@@ -249,6 +269,8 @@ class SyncPool:
         self._baselines[conn] = Baseline(conn)
 
     def _check(self, conn: SyncConnection) -> None:
+        if closed_by_server(conn):  # the server hung up while it sat idle: no round trip
+            raise psycopg.OperationalError("the server closed the connection while it was idle")
         baseline = self._baselines.get(conn)
         idle = monotonic() - baseline.idle_since if baseline is not None else float("inf")
         if self.settings.check == "always" or idle >= self.settings.check_idle_after:

@@ -7,7 +7,6 @@ pool's background work (``healing``, ``health``, ``summary``) until it closes.
 
 import asyncio
 import logging
-import socket
 import threading
 import weakref
 from collections import Counter, deque
@@ -20,7 +19,7 @@ from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
-from fastapi_dbpool import hooks, startup
+from fastapi_dbpool import _deadline, hooks, startup
 from fastapi_dbpool._owner import claim, core, release
 from fastapi_dbpool._redact import describe_conninfo, mask_conninfo, redact
 from fastapi_dbpool.connection import PooledConnection
@@ -124,7 +123,16 @@ class DatabasePool:
             self.spawn(self.recorder.watch())
         if self.settings.log_stats_interval is not None:
             self.spawn(log_summaries(self, self.settings.log_stats_interval))
-        self.spawn(self._enforce_deadline(self.settings.effective_deadline))
+        settings = self.settings
+        self.spawn(
+            _deadline.enforce(
+                settings.name,
+                settings.env_var("deadline"),
+                settings.effective_deadline,
+                self._lent,
+                self.cut,
+            )
+        )
         try:
             await startup.open_pool(self)
         except BaseException:
@@ -140,31 +148,6 @@ class DatabasePool:
         await self._cancel_running()
         await self.pool.close(timeout=self.settings.close_timeout)
         logger.info("pool %r closed", self.settings.name)
-
-    async def _enforce_deadline(self, deadline: float) -> None:
-        """Cut every connection lent longer than deadline whose statement still waits for the
-        server: its socket is shut down, so the request's await fails at once, whatever the
-        network does (no cancel request: it could wait on the same frozen path)."""
-        period = min(1.0, deadline / 10)
-        while True:
-            await asyncio.sleep(period)
-            now = monotonic()
-            for conn, since in list(self._lent.items()):
-                if (
-                    now - since >= deadline
-                    and conn not in self.cut
-                    and not conn.closed
-                    and conn.pgconn.transaction_status == TransactionStatus.ACTIVE
-                ):
-                    self.cut.add(conn)
-                    logger.warning(
-                        "pool %r: a statement has waited for the server past %s (%s s): "
-                        "cutting its connection",
-                        self.settings.name,
-                        self.settings.env_var("deadline"),
-                        deadline,
-                    )
-                    _shut_down(conn)
 
     async def _cancel_running(self) -> None:
         running = [
@@ -304,20 +287,6 @@ def pool_limits(settings: PoolSettings) -> dict[str, Any]:
         "reconnect_timeout": settings.reconnect_timeout,
         "num_workers": settings.num_workers,
     }
-
-
-def _shut_down(conn: Conn) -> None:
-    """Shut the connection's socket down under libpq: its next read sees the end at once."""
-    try:
-        sock = socket.socket(fileno=conn.pgconn.socket)
-    except (OSError, ValueError):
-        return
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        sock.detach()  # the descriptor stays libpq's
 
 
 def _quiet(task: "asyncio.Future[Any]") -> None:

@@ -118,7 +118,7 @@ def _opened(database: "DatabasePool") -> int:
     return int(stats.get("connections_num", 0)) - int(stats.get("connections_errors", 0))
 
 
-def closed_by_server(conn: Conn) -> bool:
+def closed_by_server(conn: psycopg.BaseConnection[Any]) -> bool:
     """True if an idle connection's socket shows the server hung up (no round trip: a poll).
 
     An idle connection has nothing to read unless the server sent something on its own: a

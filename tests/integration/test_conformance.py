@@ -43,6 +43,7 @@ from fastapi_dbpool._state import database_of
 from fastapi_dbpool.session import Leases, autocommit, transaction
 from fastapi_dbpool.starlette import connection, exception_handlers
 from fastapi_dbpool.testing import DatabaseServer, Observer
+from tests.faults.proxy import fault_proxy
 
 from .conftest import SettingsFactory, row_exists, url_without_password
 
@@ -580,3 +581,31 @@ def test_def_requests_cancelled_while_their_connection_is_made_lose_none(
         stats = client.get("/pool/stats").json()
     assert answers == [200, 200, 200]
     assert stats["pools"][f"{settings.name}:sync"]["in_use"] == 0
+
+
+@pytest.mark.parametrize("name", FACES)
+def test_a_statement_on_a_frozen_path_answers_504_at_the_deadline(
+    name: str, make_settings: SettingsFactory, database_server: DatabaseServer
+) -> None:
+    """DBPOOL_DEADLINE on every face: the network path goes silent (no reset, so neither
+    keepalives nor tcp_user_timeout fire) while a statement waits; the answer comes at the
+    deadline, nothing is committed, and the next request is served."""
+    with fault_proxy(database_server.url) as proxy:
+        settings = make_settings(url=proxy.url, min_size=1, max_size=2, deadline=1.0)
+        app = BUILDERS[name](settings, Late())
+        with TestClient(app, raise_server_exceptions=False) as client:
+            assert client.post(f"/write/{new_id()}").status_code == 200  # the path works
+            item = new_id()
+            proxy.freeze()
+            try:
+                started = time.monotonic()
+                response = client.post(f"/write/{item}")
+                took = time.monotonic() - started
+            finally:
+                proxy.thaw()
+            assert response.status_code == 504
+            assert "DBPOOL_DEADLINE" in response.text
+            assert took < 1.0 + 1.0
+            assert not row_exists(database_server.url, "items", item)
+            assert client.post(f"/write/{new_id()}").status_code == 200
+    measured("deadline_504", name, f"504 at {took:.2f} s (deadline 1 s)")
