@@ -35,3 +35,18 @@ def test_a_record_is_a_mapping_where_asyncpg_code_expects_one() -> None:
 def test_an_unknown_column_names_the_ones_there_are() -> None:
     with pytest.raises(KeyError, match=r"no column 'email'; the row has \['id', 'name'\]"):
         row(id=1, name="Ada")["email"]
+
+
+def test_a_record_validates_as_a_model_by_column_name() -> None:
+    from collections.abc import Mapping
+
+    from pydantic import BaseModel
+
+    class User(BaseModel):
+        id: int
+        count: int  # tuple.count is a method: by key, never by attribute
+
+    record = row(id=1, count=3)
+    assert isinstance(record, Mapping)
+    assert User.model_validate(record) == User(id=1, count=3)
+    assert list(record) == [1, 3]  # iterating still gives the values, as a tuple
