@@ -23,7 +23,8 @@ def thread(thread_id: str) -> Any:
 
 
 def checkpoints(url: str, thread_id: str) -> int:
-    return int(query(url, "SELECT count(*) FROM checkpoints WHERE thread_id = %s", (thread_id,))[0][0])
+    rows = query(url, "SELECT count(*) FROM checkpoints WHERE thread_id = %s", (thread_id,))
+    return int(rows[0][0])
 
 
 @asynccontextmanager
