@@ -2,10 +2,12 @@
 library's own tables and migrations start from nothing, as in a new deployment."""
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import psycopg
 import pytest
+from fastapi import FastAPI
 
 from fastapi_dbpool import PoolSettings
 from tests.integration.conftest import client_for
@@ -13,6 +15,7 @@ from tests.integration.conftest import client_for
 __all__ = ["client_for"]  # the fixture, shared with tests/integration
 
 SettingsFactory = Callable[..., PoolSettings]
+PoolsLifespan = Callable[[FastAPI], AbstractAsyncContextManager[dict[str, Any]]]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from fastapi_dbpool import ConnDep, PoolDep, create_pool_lifespan
 from fastapi_dbpool.session import autocommit
 from tests.integration.conftest import ClientFor
-from tests.integrations.conftest import SettingsFactory, query
+from tests.integrations.conftest import PoolsLifespan, SettingsFactory, query
 
 
 def thread(thread_id: str) -> Any:
@@ -75,7 +75,8 @@ def test_setup_on_the_apps_pool_fails(make_settings: SettingsFactory) -> None:
 
     async def setup() -> None:
         app = FastAPI()
-        async with create_pool_lifespan(make_settings())(app):
+        pools: PoolsLifespan = create_pool_lifespan(make_settings())
+        async with pools(app):
             await AsyncPostgresSaver(app.state.dbpool.pool).setup()
 
     with pytest.raises(psycopg.errors.ActiveSqlTransaction) as raised:
