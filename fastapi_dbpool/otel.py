@@ -127,7 +127,7 @@ class PoolInstruments:
         self,
         meter_provider: MeterProvider | None = None,
         checkout_histograms: bool = True,
-        trace_queries: Callable[[Any], Any] | None = None,
+        query_tracer: Callable[[Any], Any] | None = None,
     ) -> None:
         key = _GLOBAL if meter_provider is None else meter_provider
         instruments = _SHARED.get(key)
@@ -136,7 +136,7 @@ class PoolInstruments:
         instruments.apps.add(self)
         self._instruments = instruments
         self._checkout_histograms = checkout_histograms
-        self._trace_queries = trace_queries
+        self._query_tracer = query_tracer
         self._databases: list[DatabasePool] = []
         self._attributes: dict[str, Attributes] = {}
 
@@ -160,7 +160,7 @@ class PoolInstruments:
             self._attributes[database.settings.name] = attributes
             pool = database.pool
             pool.connection_class = _timed(
-                pool.connection_class, instruments.create_time, attributes, self._trace_queries
+                pool.connection_class, instruments.create_time, attributes, self._query_tracer
             )
             recorder = database.recorder
             # DBPOOL_METRICS=false: no checkout timings to hook.

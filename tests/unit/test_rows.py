@@ -1,8 +1,10 @@
 """Record: a psycopg row that answers by position and by column name, like asyncpg's."""
 
+from collections.abc import Mapping
 from types import SimpleNamespace
 
 import pytest
+from pydantic import BaseModel
 
 from fastapi_dbpool.rows import Record, record_row
 
@@ -38,10 +40,6 @@ def test_an_unknown_column_names_the_ones_there_are() -> None:
 
 
 def test_a_record_validates_as_a_model_by_column_name() -> None:
-    from collections.abc import Mapping
-
-    from pydantic import BaseModel
-
     class User(BaseModel):
         id: int
         count: int  # tuple.count is a method: by key, never by attribute
