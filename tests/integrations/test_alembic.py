@@ -148,11 +148,13 @@ def test_migrations_inside_the_pools_lifespan_stop_a_fresh_deployment(
 def test_file_config_as_generated_disables_our_logger(tmp_path: Path, database_url: str) -> None:
     """The first way: fileConfig(...) without disable_existing_loggers=False turns off every
     logger alive before it, ours included: warnings and tracebacks vanish."""
-    logger = logging.getLogger("fastapi_dbpool")
+    loggers = [logging.getLogger(name) for name in ("fastapi_dbpool", "uvicorn.error")]
     command.upgrade(Config(write_project(tmp_path / "generated", keep_loggers=False)), "head")
-    assert logger.disabled
+    assert all(logger.disabled for logger in loggers)
+    for logger in loggers:
+        logger.disabled = False
     command.downgrade(Config(write_project(tmp_path / "recipe")), "base")
-    assert not logger.disabled
+    assert not any(logger.disabled for logger in loggers)
 
 
 def test_a_percent_encoded_password_in_alembic_ini(

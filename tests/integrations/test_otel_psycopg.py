@@ -51,6 +51,27 @@ def marker_app(settings: Any, **lifespan: Any) -> FastAPI:
     return app
 
 
+def test_a_statement_span_is_a_child_of_the_current_span(
+    make_settings: SettingsFactory,
+    client_for: ClientFor,
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+) -> None:
+    app = FastAPI(lifespan=create_pool_lifespan(make_settings(max_size=1)))
+    otel.instrument(app, trace_queries=True, tracer_provider=provider)
+
+    @app.get("/marker")
+    async def marker(conn: ConnDep) -> None:
+        with provider.get_tracer("test").start_as_current_span("request"):
+            await conn.execute(MARK)
+
+    client_for(app).get("/marker")
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    statement = next(span for span in spans.values() if span.name != "request")
+    assert statement.parent is not None
+    assert statement.parent.span_id == spans["request"].context.span_id
+
+
 def test_trace_queries_traces_every_request_on_a_reused_connection(
     make_settings: SettingsFactory,
     client_for: ClientFor,
