@@ -4,6 +4,9 @@
 them. Gauges and counters are read from the pools when the MeterProvider collects (the figures
 /pool/stats and /pool/metrics show); the three histograms are recorded where the package already
 times each checkout and each new connection. Nothing here is imported unless the app asks for it.
+``trace_queries=True`` also traces every statement (opentelemetry-instrumentation-psycopg), one
+connection at a time as the pool makes it: an instrumentation set up after the pools opened, or
+per request, misses connections or traces only their first request.
 """
 
 import weakref
@@ -29,8 +32,14 @@ try:
         Observation,
         get_meter,
     )
+    from opentelemetry.trace import TracerProvider
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(INSTALL_HINT) from exc
+
+TRACING_HINT = (
+    "trace_queries needs opentelemetry-instrumentation-psycopg (0.61b0 or later): "
+    'pip install "fastapi-dbpool[integrations]" or that package alone'
+)
 
 POOL_NAME = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
@@ -115,7 +124,10 @@ class PoolInstruments:
     attach() the pools before they open."""
 
     def __init__(
-        self, meter_provider: MeterProvider | None = None, checkout_histograms: bool = True
+        self,
+        meter_provider: MeterProvider | None = None,
+        checkout_histograms: bool = True,
+        query_tracer: Callable[[Any], Any] | None = None,
     ) -> None:
         key = _GLOBAL if meter_provider is None else meter_provider
         instruments = _SHARED.get(key)
@@ -124,6 +136,7 @@ class PoolInstruments:
         instruments.apps.add(self)
         self._instruments = instruments
         self._checkout_histograms = checkout_histograms
+        self._query_tracer = query_tracer
         self._databases: list[DatabasePool] = []
         self._attributes: dict[str, Attributes] = {}
 
@@ -147,7 +160,7 @@ class PoolInstruments:
             self._attributes[database.settings.name] = attributes
             pool = database.pool
             pool.connection_class = _timed(
-                pool.connection_class, instruments.create_time, attributes
+                pool.connection_class, instruments.create_time, attributes, self._query_tracer
             )
             recorder = database.recorder
             # DBPOOL_METRICS=false: no checkout timings to hook.
@@ -164,17 +177,25 @@ class PoolInstruments:
 
 
 def instrument(
-    app: _App, meter_provider: MeterProvider | None = None, *, checkout_histograms: bool = True
+    app: _App,
+    meter_provider: MeterProvider | None = None,
+    *,
+    checkout_histograms: bool = True,
+    trace_queries: bool = False,
+    tracer_provider: TracerProvider | None = None,
 ) -> PoolInstruments:
     """Report app's pools through OpenTelemetry: call it before the app starts.
 
     meter_provider: the global one (opentelemetry.metrics.set_meter_provider) by default.
     checkout_histograms=False leaves out wait_time and use_time, the only instruments that
-    cost something per checkout (two samples through the SDK, see docs/observability.md)."""
+    cost something per checkout (two samples through the SDK, see docs/observability.md).
+    trace_queries=True: a span per statement on every connection of the async pools, through
+    tracer_provider (the global one by default)."""
+    tracer = _query_tracer(tracer_provider) if trace_queries else None
     hooks: list[Callable[[Databases], None]] = list(getattr(app.state, BEFORE_OPEN_KEY, ()))
     if any(isinstance(getattr(hook, "__self__", None), PoolInstruments) for hook in hooks):
         raise RuntimeError("fastapi_dbpool.otel.instrument(app) was already called for this app")
-    instruments = PoolInstruments(meter_provider, checkout_histograms)
+    instruments = PoolInstruments(meter_provider, checkout_histograms, tracer)
     setattr(app.state, BEFORE_OPEN_KEY, [*hooks, instruments.attach])
     return instruments
 
@@ -201,8 +222,28 @@ class _Recorded(Distribution):
         self._record(ms / 1000, self._attributes)
 
 
-def _timed(cls: type[Any], histogram: Histogram, attributes: Attributes) -> type[Any]:
-    """cls, whose connect() also records how long making the connection took."""
+def _query_tracer(tracer_provider: TracerProvider | None) -> Callable[[Any], Any]:
+    """What instruments one new connection for psycopg's OpenTelemetry tracing."""
+    try:
+        from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+    except ImportError as exc:
+        raise ImportError(TRACING_HINT) from exc
+
+    def trace(conn: Any) -> Any:
+        return PsycopgInstrumentor.instrument_connection(conn, tracer_provider=tracer_provider)
+
+    return trace
+
+
+def _timed(
+    cls: type[Any],
+    histogram: Histogram,
+    attributes: Attributes,
+    trace: Callable[[Any], Any] | None = None,
+) -> type[Any]:
+    """cls, whose connect() also records how long making the connection took (and traces the
+    connection's statements, if asked). Before the pool's configure callback: the traced
+    cursor_factory is then part of what the pool restores on every return."""
 
     class Timed(cls):  # type: ignore[misc]
         @classmethod
@@ -210,6 +251,8 @@ def _timed(cls: type[Any], histogram: Histogram, attributes: Attributes) -> type
             started = monotonic()
             conn = await super().connect(*args, **kwargs)
             histogram.record(monotonic() - started, attributes)
+            if trace is not None:
+                trace(conn)
             return conn
 
     Timed.__name__ = Timed.__qualname__ = cls.__name__

@@ -4,10 +4,12 @@ asyncpg's ``Record`` answers both ``row["name"]`` and ``row[0]``; code ported fr
 uses both. ``record_row`` gives psycopg rows that do the same: a tuple (so ``row[0]``,
 unpacking and ``len`` work, and FastAPI serializes it as a list) that also takes column names
 (``row["name"]``, ``row.get("name")``, ``dict(row)``, ``keys()``, ``values()``, ``items()``).
+It is registered as a ``Mapping``, so pydantic (a FastAPI ``response_model``) validates it by
+column name; iterating it still gives its values, as a tuple does.
 """
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal, SupportsIndex, overload
 
 from psycopg.rows import RowMaker, dict_row, namedtuple_row, no_result, tuple_row
@@ -49,6 +51,12 @@ class Record(tuple[Any, ...]):
     def __repr__(self) -> str:
         fields = " ".join(f"{name}={value!r}" for name, value in self.items())
         return f"<Record {fields}>"
+
+
+# pydantic validates a model from a Mapping (by key), not from a tuple. Registered rather than
+# inherited: Mapping's mixins (__reversed__ = None, __eq__) would change how the tuple behaves,
+# and psycopg still takes a Record as a sequence of parameters (it checks Sequence first).
+Mapping.register(Record)
 
 
 @functools.lru_cache(512)

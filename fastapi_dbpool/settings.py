@@ -166,6 +166,12 @@ class PoolSettings(BaseSettings):
         description="The URL points at PgBouncer in transaction mode: no server-side prepared "
         "statements, and no per-connection startup options (set timeouts on the role instead).",
     )
+    autocommit: bool = Field(
+        False,
+        description="Connections in autocommit while idle, for a pool lent to a library that "
+        "runs statements which refuse a transaction block (LangGraph's setup(): CREATE INDEX "
+        "CONCURRENTLY); get_conn still runs each request in one transaction.",
+    )
     metrics: bool = Field(
         True,
         description="Time every checkout (wait and hold percentiles, high-water marks, "
@@ -466,6 +472,8 @@ class PoolSettings(BaseSettings):
             # statement prepared on one does not exist (or already exists) on another.
             "prepare_threshold": None if self.pgbouncer else self.prepare_threshold,
         }
+        if self.autocommit:
+            kwargs["autocommit"] = True
         if self.row_factory != "tuple":
             factory = self.row_factory
             kwargs["row_factory"] = FACTORIES[factory] if isinstance(factory, str) else factory

@@ -1,8 +1,10 @@
 """Record: a psycopg row that answers by position and by column name, like asyncpg's."""
 
+from collections.abc import Mapping
 from types import SimpleNamespace
 
 import pytest
+from pydantic import BaseModel
 
 from fastapi_dbpool.rows import Record, record_row
 
@@ -35,3 +37,14 @@ def test_a_record_is_a_mapping_where_asyncpg_code_expects_one() -> None:
 def test_an_unknown_column_names_the_ones_there_are() -> None:
     with pytest.raises(KeyError, match=r"no column 'email'; the row has \['id', 'name'\]"):
         row(id=1, name="Ada")["email"]
+
+
+def test_a_record_validates_as_a_model_by_column_name() -> None:
+    class User(BaseModel):
+        id: int
+        count: int  # tuple.count is a method: by key, never by attribute
+
+    record = row(id=1, count=3)
+    assert isinstance(record, Mapping)
+    assert User.model_validate(record) == User(id=1, count=3)
+    assert list(record) == [1, 3]  # iterating still gives the values, as a tuple
