@@ -2,12 +2,14 @@
 
 import functools
 import math
+import os
 import re
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Annotated, Any, Literal
 
 import psycopg
+from dotenv import dotenv_values
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import (
     AliasChoices,
@@ -594,3 +596,21 @@ def _fix(field: str, message: str, prefix: str) -> str:
         return f": {message}"
     default = ",".join(info.default) if isinstance(info.default, list) else info.default
     return f": {message} (e.g. {_name(field, prefix)}={default}, the default)"
+
+
+def environment_variables() -> dict[str, str]:
+    """Every DBPOOL_* variable the settings would see, by name as written (any case, as
+    pydantic-settings reads them): the .env file's, then the environment's, which win."""
+    found: dict[str, str] = {}
+    env_file = PoolSettings.model_config.get("env_file")
+    if isinstance(env_file, str) and os.path.isfile(env_file):
+        encoding = PoolSettings.model_config.get("env_file_encoding")
+        for name, value in dotenv_values(env_file, encoding=encoding).items():
+            if name.upper().startswith(ENV_PREFIX):
+                found[name] = value or ""
+    for name, value in os.environ.items():
+        if name.upper().startswith(ENV_PREFIX):
+            for same in [each for each in found if each.upper() == name.upper()]:
+                del found[same]
+            found[name] = value
+    return found
