@@ -1,10 +1,12 @@
 """PoolSettings: every pool option, its environment variable, its default and its checks."""
 
+import difflib
 import functools
+import logging
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from typing import Annotated, Any, Literal
 
@@ -29,6 +31,7 @@ from fastapi_dbpool._redact import passwords_in, redact
 from fastapi_dbpool.rows import FACTORIES, RowFactoryName
 
 ENV_PREFIX = "DBPOOL_"
+logger = logging.getLogger("fastapi_dbpool")
 
 CheckMode = Literal["always", "idle", "never"]
 _POOL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -614,3 +617,62 @@ def environment_variables() -> dict[str, str]:
                 del found[same]
             found[name] = value
     return found
+
+
+# DBPOOL_* variables of the package's own that are no pool's setting: the pytest plugin's
+# (fastapi_dbpool.testing._server; tests/unit/test_settings.py checks the two lists agree).
+OWN_VARIABLES = frozenset(
+    {"DBPOOL_TEST_URL", "DBPOOL_TEST_ADMIN_URL", "DBPOOL_TEST_PG_BIN", "DBPOOL_TEST_TMPDIR"}
+)
+_TYPO = 0.8  # difflib ratio from which an unknown variable is taken for a misspelt one
+
+
+def check_variables(pools: Sequence[PoolSettings]) -> None:
+    """Refuse a DBPOOL_* variable of the environment or .env that no pool of the app reads
+    (pools: all of them, the default one first): a misspelt setting (DBPOOL_MAX_SIZ) would be
+    ignored without a word. The error names each one and the closest real variable. A
+    well-formed variable of a pool the app does not declare (DBPOOL_ANALYTICS_URL without
+    analytics in DBPOOL_POOLS) may be another app's: a warning names it."""
+    fields = [field.upper() for field in PoolSettings.model_fields]
+    prefixes = list(dict.fromkeys(settings.env_prefix().upper() for settings in pools))
+    known = {prefix + field for prefix in prefixes for field in fields} | OWN_VARIABLES
+    choices = sorted(known - OWN_VARIABLES)
+    refused: list[str] = []
+    for name in sorted(environment_variables()):
+        upper = name.upper()
+        if upper in known:
+            continue
+        close = difflib.get_close_matches(upper, choices, n=1, cutoff=_TYPO)
+        pool = _undeclared_pool(upper, fields)
+        if close:
+            refused.append(f"{name}: did you mean {close[0]}?")
+        elif pool is not None:
+            logger.warning(
+                "%s is set (environment or .env) but this app has no pool %r (its pools: %s), "
+                "so nothing reads it: add %s to %sPOOLS, or unset it",
+                name,
+                pool.lower(),
+                ", ".join(repr(settings.name) for settings in pools),
+                pool.lower(),
+                ENV_PREFIX,
+            )
+        else:
+            near = difflib.get_close_matches(upper, choices, n=1)
+            hint = f"the closest is {near[0]}" if near else "see docs/configuration.md"
+            refused.append(f"{name}: not a setting ({hint})")
+    if refused:
+        raise SettingsError(
+            f"unknown {ENV_PREFIX}* variables (environment or .env), which no pool reads:\n  "
+            + "\n  ".join(refused)
+            + "\nfix their names, or remove them (every setting: docs/configuration.md)"
+        )
+
+
+def _undeclared_pool(upper: str, fields: list[str]) -> str | None:
+    """NAME when upper is DBPOOL_<NAME>_<FIELD>, a setting of a pool called NAME."""
+    rest = upper.removeprefix(ENV_PREFIX)
+    for field in fields:
+        name = rest.removesuffix(f"_{field}")
+        if name != rest and _POOL_NAME.fullmatch(name):
+            return name
+    return None
