@@ -23,6 +23,15 @@ _LEVELS: dict[str, IsolationLevel] = {
 }
 
 
+# PostgreSQL keeps statement_timeout and lock_timeout as int milliseconds: INT_MAX at most.
+MAX_TIMEOUT_MS = 2**31 - 1
+
+
+def _ms(seconds: float) -> int:
+    """seconds as the whole milliseconds sent to PostgreSQL (rounded up: never shorter)."""
+    return math.ceil(seconds * 1000)
+
+
 @dataclass(frozen=True)
 class TransactionOptions:
     """What a route asks of its transaction; None keeps the pool's (the server's) default."""
@@ -42,6 +51,12 @@ class TransactionOptions:
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+            if value is not None and _ms(value) > MAX_TIMEOUT_MS:
+                raise ValueError(
+                    f"{name} must be at most {MAX_TIMEOUT_MS / 1000} seconds (about 24.8 days, "
+                    f"PostgreSQL's limit: a whole number of milliseconds), not {value!r}: give "
+                    f"a smaller {name}, or none for no timeout"
+                )
 
     def __bool__(self) -> bool:
         """Whether any option is set: without one, a session can join the request's
@@ -69,7 +84,7 @@ class TransactionOptions:
         if self.deferrable is not None:
             await conn.set_deferrable(self.deferrable)
         settings = {
-            name: f"{math.ceil(value * 1000)}ms"
+            name: f"{_ms(value)}ms"
             for name, value in (
                 ("statement_timeout", self.statement_timeout),
                 ("lock_timeout", self.lock_timeout),

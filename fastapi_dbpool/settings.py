@@ -35,6 +35,8 @@ logger = logging.getLogger("fastapi_dbpool")
 
 CheckMode = Literal["always", "idle", "never"]
 _POOL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# PostgreSQL's timeouts are int milliseconds: INT_MAX at most, about 24.8 days.
+_MAX_TIMEOUT = (2**31 - 1) / 1000
 
 
 class SettingsError(ValueError):
@@ -145,12 +147,14 @@ class PoolSettings(BaseSettings):
     statement_timeout: float | None = Field(
         None,
         gt=0,
+        le=_MAX_TIMEOUT,
         allow_inf_nan=False,
         description="Seconds after which the server cancels a statement; unset: server default.",
     )
     idle_in_transaction_timeout: float | None = Field(
         None,
         gt=0,
+        le=_MAX_TIMEOUT,
         allow_inf_nan=False,
         description="Seconds after which the server ends a session idle in a transaction.",
     )

@@ -100,3 +100,29 @@ def test_bad_options_fail_when_the_app_is_built() -> None:
     with pytest.raises(ValueError, match="statement_timeout must be a positive number"):
         get_conn_with(statement_timeout=0)
     assert get_conn_with(read_only=True) is get_conn_with(read_only=True)  # one per options
+
+
+@pytest.mark.parametrize("option", ["statement_timeout", "lock_timeout"])
+def test_a_timeout_above_postgresqls_limit_is_refused_when_declared(
+    option: str, make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    # PostgreSQL's limit is INT_MAX milliseconds: 2147483.647 s, about 24.8 days.
+    above: dict[str, Any] = {option: 2147483.648}
+    with pytest.raises(ValueError, match=rf"{option} must be at most 2147483\.647 seconds"):
+        get_conn_with(**above)
+    a_month: dict[str, Any] = {option: 30 * 86400.0}
+    with pytest.raises(ValueError, match=rf"{option} must be at most"):
+        TransactionOptions(**a_month)
+    # The largest one allowed is one the server takes.
+    limit: dict[str, Any] = {option: 2147483.647}
+    longest = Annotated[Conn, Depends(get_conn_with(**limit))]
+    app = FastAPI(lifespan=create_pool_lifespan(make_settings(min_size=1, max_size=1)))
+
+    @app.get("/longest")
+    async def longest_route(conn: longest) -> str:
+        cur = await conn.execute("SELECT current_setting(%s)", (option,))
+        row = await cur.fetchone()
+        return str(row[0]) if row else ""
+
+    answer = client_for(app).get("/longest")
+    assert (answer.status_code, answer.json()) == (200, "2147483647ms")

@@ -342,3 +342,13 @@ def test_the_packages_own_variables_are_not_settings_and_not_refused(
         monkeypatch.setenv(name, "x")
     monkeypatch.setenv("dbpool_max_size", "3")  # any case, as the settings read it
     check_variables([PoolSettings()])
+
+
+@pytest.mark.parametrize("field", ["STATEMENT_TIMEOUT", "IDLE_IN_TRANSACTION_TIMEOUT"])
+def test_a_timeout_above_postgresqls_limit_is_refused_naming_the_variable(field: str) -> None:
+    message = load_error(DBPOOL_URL=URL, **{f"DBPOOL_{field}": "2147483.648"})
+    assert f"DBPOOL_{field}: Input should be less than or equal to 2147483.647" in message
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DBPOOL_URL", URL)
+        mp.setenv(f"DBPOOL_{field}", "2147483.647")  # the limit itself: taken
+        assert f"={2**31 - 1}" in PoolSettings().connect_kwargs()["options"]
