@@ -59,11 +59,19 @@ def dbpool_template(dbpool_templates: Templates, dbpool_schema: SchemaSource) ->
 
 
 @pytest.fixture
-def dbpool_database(dbpool_template: TemplateDatabases) -> Iterator[str]:
-    """The URL of a database of this test's own, cloned from the template; dropped after."""
+def dbpool_database(
+    dbpool_template: TemplateDatabases, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """The URL of a database of this test's own, cloned from the template; dropped after.
+
+    For the test, every pool URL variable of the environment and .env points at it, and an
+    app whose pool would connect to another database is refused at startup."""
     name = dbpool_template.create()
+    url = dbpool_template.url(name)
     try:
-        yield dbpool_template.url(name)
+        _point_environment_at(monkeypatch, url)
+        with only_database(url):
+            yield url
     finally:
         dbpool_template.drop(name)
 

@@ -87,6 +87,25 @@ def test_records_an_event(dbpool_test_client):
     assert answer.json() == {"events": 2}  # the startup row and this one, in its own database
 """
 
+# The app built from dbpool_settings, under a TestClient of the test's own: its named pools,
+# read from .env at startup, are redirected all the same.
+TEST_OWN_CLIENT = """
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from app import record, startup
+from fastapi_dbpool import create_pool_lifespan
+
+
+def test_records_an_event_with_its_own_client(dbpool_settings):
+    app = FastAPI(lifespan=create_pool_lifespan(dbpool_settings, lifespan=startup))
+    app.post("/events/{what}")(record)
+    with TestClient(app) as client:
+        answer = client.post("/events/test")
+    assert answer.status_code == 200
+    assert answer.json() == {"events": 2}
+"""
+
 # The app built with a URL in code, read before the test: nothing may reach it.
 TEST_FROM_CODE = """
 import os
@@ -162,6 +181,7 @@ def project(tmp_path: Path, outside: str) -> Path:
     (root / "pytest.ini").write_text(INI)
     (root / "test_from_environment.py").write_text(TEST_FROM_ENVIRONMENT)
     (root / "test_from_code.py").write_text(TEST_FROM_CODE)
+    (root / "test_own_client.py").write_text(TEST_OWN_CLIENT)
     # The developer's .env: the app's real pools (the default one is the test's anyway).
     (root / ".env").write_text(
         f"DBPOOL_URL={outside}\nDBPOOL_POOLS=analytics\nDBPOOL_ANALYTICS_URL={outside}\n"
@@ -205,7 +225,7 @@ def test_a_test_run_never_touches_a_database_it_did_not_create(
         check=False,
     )
     output = result.stdout[-6000:] + result.stderr[-3000:]
-    assert "1 passed, 2 errors" in result.stdout, output
+    assert "2 passed, 2 errors" in result.stdout, output
     # Refused by name, before connecting; the password never shown.
     for pool in ("fastapi_dbpool", "analytics"):
         assert f"the pool {pool!r} would connect to the database 'outside_" in result.stdout, output
