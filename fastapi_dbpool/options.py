@@ -140,9 +140,16 @@ class SessionContext:
     settings: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.role is not None and not isinstance(self.role, str):
+            raise TypeError(f"SessionContext role must be a str, not {type(self.role).__name__}")
         seen: dict[str, str] = {}
-        for name in self.settings:
+        for name, value in self.settings.items():
             _check_setting_name(name)
+            if not isinstance(value, str):
+                raise TypeError(
+                    f"SessionContext setting {name!r} must be a str, not "
+                    f"{type(value).__name__}: PostgreSQL settings are text (str(...) it)"
+                )
             earlier = seen.setdefault(name.lower(), name)
             if earlier != name:  # PostgreSQL's names ignore case: the later would win
                 raise ValueError(

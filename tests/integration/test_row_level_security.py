@@ -220,3 +220,10 @@ def test_one_setting_given_twice_is_refused() -> None:
     # Setting names are case-insensitive in PostgreSQL: the later would silently win.
     with pytest.raises(ValueError, match=r"'app\.Tenant_id' and 'app\.tenant_id'"):
         SessionContext(settings={"app.tenant_id": "a", "app.Tenant_id": "b"})
+
+
+def test_a_setting_value_that_is_not_text_is_refused_when_declared() -> None:
+    with pytest.raises(TypeError, match=r"setting 'app\.tenant_id' must be a str, not int"):
+        SessionContext(settings={"app.tenant_id": 7})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match=r"role must be a str, not int"):
+        SessionContext(role=7)  # type: ignore[arg-type]
