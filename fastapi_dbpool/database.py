@@ -25,6 +25,7 @@ from fastapi_dbpool._redact import describe_conninfo, mask_conninfo, redact
 from fastapi_dbpool.connection import PooledConnection
 from fastapi_dbpool.errors import UNAVAILABLE_REASONS, UnavailableReason
 from fastapi_dbpool.healing import Healer
+from fastapi_dbpool.options import RoleKey
 from fastapi_dbpool.restore import Baseline
 from fastapi_dbpool.settings import PoolSettings
 from fastapi_dbpool.summary import log_summaries
@@ -55,8 +56,9 @@ class DatabasePool:
         self.fallbacks = 0  # reads this replica could not take, sent elsewhere
         self.connect_errors_seen = 0  # for read routing (health.connect_failing)
         self.health_errors_seen = 0  # for the health check
-        # Row-level security: (current_user, bypasses) by context role, checked once each.
-        self.bypasses_rls: dict[str | None, tuple[str, bool]] = {}
+        # Row-level security: (current_user, bypasses) by what decides the role a context
+        # runs as (SessionContext.role_key), checked once each.
+        self.bypasses_rls: dict[RoleKey, tuple[str, bool]] = {}
         self.recorder = (
             Recorder(settings.name, settings.leak_threshold, settings.env_var("leak_threshold"))
             if settings.metrics

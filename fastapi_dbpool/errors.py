@@ -158,6 +158,28 @@ class CommitOutcomeUnknown(DatabaseHTTPError):
         )
 
 
+class RequestCancelled(DatabaseHTTPError):
+    """500: the request was cancelled (its client hung up mid-stream, a timeout middleware)
+    while a query ran, and psycopg closed the connection it could not cancel cleanly; nothing
+    was committed. Not a database failure: not counted among the 503 causes."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            status_code=500,
+            detail="the request was cancelled while a database query ran; its connection was "
+            "closed and nothing was committed",
+        )
+
+
+def interrupted(conn: Connection | None) -> bool:
+    """Whether psycopg closed conn itself because a query of it was interrupted: the task
+    running it was cancelled (a client that hung up mid-stream, a timeout middleware) and
+    the cancellation could not finish. psycopg then frees the libpq connection (pgconn_ptr
+    None) without close(); a server or network that fails leaves it in place, status BAD."""
+    pgconn = getattr(conn, "pgconn", None)
+    return bool(conn is not None and conn.broken and pgconn is not None and not pgconn.pgconn_ptr)
+
+
 def caught_sql_error() -> "CommitFailed":
     """The answer for an endpoint that returned after an SQL error it caught: COMMIT of an
     aborted transaction silently rolls back, so never 200."""
@@ -261,6 +283,14 @@ def translate(database: Accounts, exc: Exception, conn: Connection | None) -> Ex
     reason = unavailable_reason(exc, conn)
     if reason is None:
         return exc
+    if reason == "connection_lost" and interrupted(conn):
+        logger.info(
+            "pool %r: the request was cancelled while a query ran (a client that hung up, a "
+            "timeout), so psycopg closed its connection; nothing was committed (not a "
+            "database failure, not counted as connection_lost)",
+            database.settings.name,
+        )
+        return RequestCancelled()
     database.count_unavailable(reason)
     logger.warning(
         "answering 503 (%s): %s", reason, database.redact(f"{type(exc).__name__}: {exc}")

@@ -5,10 +5,11 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
+from fastapi_dbpool import _only_database
 from fastapi_dbpool._state import POOLS_KEY, STATE_KEY
 from fastapi_dbpool.hooks import ConnectionHook
 from fastapi_dbpool.pools import Databases
-from fastapi_dbpool.settings import PoolSettings
+from fastapi_dbpool.settings import PoolSettings, check_variables
 
 AppT = TypeVar("AppT")
 Lifespan = Callable[[AppT], AbstractAsyncContextManager[Mapping[str, Any] | None]]
@@ -49,6 +50,8 @@ def create_pool_lifespan(
             check_routes(app)  # a def endpoint taking get_conn: refused before connecting
             check_sync_setup(app, default)  # SyncConnDep on a pool set up by coroutines
         named = [_with_hooks(each, hooks) for each in _named(default, pools)]
+        check_variables([default, *named])  # DBPOOL_MAX_SIZ: refused, not ignored
+        _only_database.check([default, *named])  # under the pytest plugin: the test's only
         databases = Databases.build(default, named)
         state = getattr(app, "state", None)
         for hook in getattr(state, BEFORE_OPEN_KEY, ()):

@@ -13,6 +13,7 @@ take ``DatabaseDep`` in the endpoint and call this instead.
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -38,12 +39,19 @@ async def retry_transaction(
     attempts: int = 5,
     isolation: Isolation | None = "serializable",
     backoff: float = 0.02,
+    max_backoff: float = 1.0,
     options: TransactionOptions | None = None,
 ) -> T:
     """work(conn) in a transaction, run again (up to attempts times) when the server aborts
-    it for a serialization failure or a deadlock; the last such error is raised after that."""
+    it for a serialization failure or a deadlock; the last such error is raised after that.
+
+    Before attempt n+1 it sleeps backoff * 2**(n-1) seconds, jittered by ±50 %, never more
+    than max_backoff seconds."""
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, not {attempts}")
+    for name, value in (("backoff", backoff), ("max_backoff", max_backoff)):
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a number of seconds, 0 or more, not {value!r}")
     options = options or TransactionOptions(isolation=isolation)
     for attempt in range(1, attempts + 1):
         try:
@@ -53,7 +61,7 @@ async def retry_transaction(
             cause = _retryable(exc)
             if cause is None or attempt == attempts:
                 raise
-            delay = backoff * 2 ** (attempt - 1) * (0.5 + random.random())
+            delay = backoff_delay(attempt, backoff, max_backoff)
             logger.info(
                 "transaction aborted (%s, SQLSTATE %s), attempt %d of %d; again in %.0f ms",
                 type(cause).__name__,
@@ -64,6 +72,15 @@ async def retry_transaction(
             )
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def backoff_delay(attempt: int, backoff: float, max_backoff: float) -> float:
+    """Seconds to sleep after the attempt-th failure: backoff doubled each time, jittered
+    by ±50 %, at most max_backoff (and no float overflow however many attempts). At the cap
+    the jitter stays (a third of max_backoff to all of it), so that writers that collided
+    do not all come back at once."""
+    base = min(backoff * 2.0 ** min(attempt - 1, 64), max_backoff / 1.5)
+    return base * (0.5 + random.random())
 
 
 def _retryable(exc: BaseException) -> psycopg.Error | None:

@@ -317,8 +317,11 @@ class Autocommit(_Session):
 
 async def _refuse_bypass(database: DatabasePool, conn: Conn, context: SessionContext) -> None:
     """Row-level policies do nothing for a superuser or a BYPASSRLS role: refuse to serve a
-    request context as one (checked once per pool and role)."""
-    known = database.bypasses_rls.get(context.role)
+    request context as one. Called once the context is applied, it asks for current_user,
+    the role that takes effect (whether the context set it as role=... or as the 'role'
+    setting); remembered per pool by what decides that role (SessionContext.role_key)."""
+    key = context.role_key()
+    known = database.bypasses_rls.get(key)
     if known is None:
         cur = conn.cursor(row_factory=tuple_row)  # whatever DBPOOL_ROW_FACTORY says
         await cur.execute(
@@ -327,7 +330,7 @@ async def _refuse_bypass(database: DatabasePool, conn: Conn, context: SessionCon
         )
         row = await cur.fetchone()
         name = str(row[0]) if row else "?"
-        known = database.bypasses_rls[context.role] = (name, bool(row and row[1]))
+        known = database.bypasses_rls[key] = (name, bool(row and row[1]))
     name, bypasses = known
     if bypasses:
         raise RuntimeError(

@@ -1,13 +1,17 @@
 """PoolSettings: every pool option, its environment variable, its default and its checks."""
 
+import difflib
 import functools
+import logging
 import math
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from typing import Annotated, Any, Literal
 
 import psycopg
+from dotenv import dotenv_values
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import (
     AliasChoices,
@@ -27,9 +31,12 @@ from fastapi_dbpool._redact import passwords_in, redact
 from fastapi_dbpool.rows import FACTORIES, RowFactoryName
 
 ENV_PREFIX = "DBPOOL_"
+logger = logging.getLogger("fastapi_dbpool")
 
 CheckMode = Literal["always", "idle", "never"]
 _POOL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# PostgreSQL's timeouts are int milliseconds: INT_MAX at most, about 24.8 days.
+_MAX_TIMEOUT = (2**31 - 1) / 1000
 
 
 class SettingsError(ValueError):
@@ -140,12 +147,14 @@ class PoolSettings(BaseSettings):
     statement_timeout: float | None = Field(
         None,
         gt=0,
+        le=_MAX_TIMEOUT,
         allow_inf_nan=False,
         description="Seconds after which the server cancels a statement; unset: server default.",
     )
     idle_in_transaction_timeout: float | None = Field(
         None,
         gt=0,
+        le=_MAX_TIMEOUT,
         allow_inf_nan=False,
         description="Seconds after which the server ends a session idle in a transaction.",
     )
@@ -611,3 +620,80 @@ def _fix(field: str, message: str, prefix: str) -> str:
         return f": {message}"
     default = ",".join(info.default) if isinstance(info.default, list) else info.default
     return f": {message} (e.g. {_name(field, prefix)}={default}, the default)"
+
+
+def environment_variables() -> dict[str, str]:
+    """Every DBPOOL_* variable the settings would see, by name as written (any case, as
+    pydantic-settings reads them): the .env file's, then the environment's, which win."""
+    found: dict[str, str] = {}
+    env_file = PoolSettings.model_config.get("env_file")
+    if isinstance(env_file, str) and os.path.isfile(env_file):
+        encoding = PoolSettings.model_config.get("env_file_encoding")
+        for name, value in dotenv_values(env_file, encoding=encoding).items():
+            if name.upper().startswith(ENV_PREFIX):
+                found[name] = value or ""
+    for name, value in os.environ.items():
+        if name.upper().startswith(ENV_PREFIX):
+            for same in [each for each in found if each.upper() == name.upper()]:
+                del found[same]
+            found[name] = value
+    return found
+
+
+# DBPOOL_* variables of the package's own that are no pool's setting: the pytest plugin's
+# (fastapi_dbpool.testing._server; tests/unit/test_settings.py checks the two lists agree).
+OWN_VARIABLES = frozenset(
+    {"DBPOOL_TEST_URL", "DBPOOL_TEST_ADMIN_URL", "DBPOOL_TEST_PG_BIN", "DBPOOL_TEST_TMPDIR"}
+)
+_TYPO = 0.8  # difflib ratio from which an unknown variable is taken for a misspelt one
+
+
+def check_variables(pools: Sequence[PoolSettings]) -> None:
+    """Refuse a DBPOOL_* variable of the environment or .env that no pool of the app reads
+    (pools: all of them, the default one first): a misspelt setting (DBPOOL_MAX_SIZ) would be
+    ignored without a word. The error names each one and the closest real variable. A
+    well-formed variable of a pool the app does not declare (DBPOOL_ANALYTICS_URL without
+    analytics in DBPOOL_POOLS) may be another app's: a warning names it."""
+    fields = [field.upper() for field in PoolSettings.model_fields]
+    prefixes = list(dict.fromkeys(settings.env_prefix().upper() for settings in pools))
+    known = {prefix + field for prefix in prefixes for field in fields} | OWN_VARIABLES
+    choices = sorted(known - OWN_VARIABLES)
+    refused: list[str] = []
+    for name in sorted(environment_variables()):
+        upper = name.upper()
+        if upper in known:
+            continue
+        close = difflib.get_close_matches(upper, choices, n=1, cutoff=_TYPO)
+        pool = _undeclared_pool(upper, fields)
+        if close:
+            refused.append(f"{name}: did you mean {close[0]}?")
+        elif pool is not None:
+            logger.warning(
+                "%s is set (environment or .env) but this app has no pool %r (its pools: %s), "
+                "so nothing reads it: add %s to %sPOOLS, or unset it",
+                name,
+                pool.lower(),
+                ", ".join(repr(settings.name) for settings in pools),
+                pool.lower(),
+                ENV_PREFIX,
+            )
+        else:
+            near = difflib.get_close_matches(upper, choices, n=1)
+            hint = f"the closest is {near[0]}" if near else "see docs/configuration.md"
+            refused.append(f"{name}: not a setting ({hint})")
+    if refused:
+        raise SettingsError(
+            f"unknown {ENV_PREFIX}* variables (environment or .env), which no pool reads:\n  "
+            + "\n  ".join(refused)
+            + "\nfix their names, or remove them (every setting: docs/configuration.md)"
+        )
+
+
+def _undeclared_pool(upper: str, fields: list[str]) -> str | None:
+    """NAME when upper is DBPOOL_<NAME>_<FIELD>, a setting of a pool called NAME."""
+    rest = upper.removeprefix(ENV_PREFIX)
+    for field in fields:
+        name = rest.removesuffix(f"_{field}")
+        if name != rest and _POOL_NAME.fullmatch(name):
+            return name
+    return None

@@ -1,19 +1,19 @@
 """The fresh-database fixtures: a database per test with the schema in it, the app, clients."""
 
 import importlib
+import os
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 from starlette.types import ASGIApp
 
-from fastapi_dbpool._state import POOLS_KEY
-from fastapi_dbpool.settings import PoolSettings
+from fastapi_dbpool._only_database import only as only_database
+from fastapi_dbpool.settings import ENV_PREFIX, PoolSettings, environment_variables
 from fastapi_dbpool.testing._asgi import lifespan_client
 from fastapi_dbpool.testing._databases import TemplateDatabases, Templates
 from fastapi_dbpool.testing._schema import URL_ENV_VARS, SchemaSource
-from fastapi_dbpool.testing._server import DatabaseServer
+from fastapi_dbpool.testing._server import TEST_ADMIN_URL_ENV, TEST_URL_ENV, DatabaseServer
 
 if TYPE_CHECKING:  # the testing extra's: imported by the fixtures that use them, so that
     # the plugin (loaded whenever the package is) needs nothing beyond the package itself
@@ -59,11 +59,19 @@ def dbpool_template(dbpool_templates: Templates, dbpool_schema: SchemaSource) ->
 
 
 @pytest.fixture
-def dbpool_database(dbpool_template: TemplateDatabases) -> Iterator[str]:
-    """The URL of a database of this test's own, cloned from the template; dropped after."""
+def dbpool_database(
+    dbpool_template: TemplateDatabases, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """The URL of a database of this test's own, cloned from the template; dropped after.
+
+    For the test, every pool URL variable of the environment and .env points at it, and an
+    app whose pool would connect to another database is refused at startup."""
     name = dbpool_template.create()
+    url = dbpool_template.url(name)
     try:
-        yield dbpool_template.url(name)
+        _point_environment_at(monkeypatch, url)
+        with only_database(url):
+            yield url
     finally:
         dbpool_template.drop(name)
 
@@ -108,27 +116,25 @@ def load_app(spec: str) -> ASGIApp:
     return target  # type: ignore[no-any-return]
 
 
-def check_database(app: object, url: str) -> None:
-    """Fail when the app's started pool connects elsewhere than url (settings read before the
-    test pointed DBPOOL_URL at its database): the test would silently use another database."""
-    databases = getattr(getattr(app, "state", None), POOLS_KEY, None)
-    if databases is None:
-        return
-    wanted = conninfo_to_dict(url).get("dbname")
-    got = conninfo_to_dict(databases.default.settings.conninfo()).get("dbname")
-    if got != wanted:
-        raise RuntimeError(
-            f"the app's pool connects to the database {got!r}, not this test's {wanted!r}: its "
-            "settings were read before the test (PoolSettings() at import time?). Use "
-            "pool_lifespan, create_pool_lifespan(a function returning PoolSettings), or build "
-            "the app from the dbpool_settings fixture"
-        )
-
-
 def _point_environment_at(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
-    # Apps that read their settings at startup (pool_lifespan) find the test's database.
-    for name in URL_ENV_VARS:
+    """Every pool the environment or .env names, at the test's database: DBPOOL_URL and
+    DATABASE_URL, DBPOOL_<NAME>_URL of each pool of DBPOOL_POOLS (replicas included) and any
+    other DBPOOL_<NAME>_URL set, so that apps reading their settings at startup
+    (pool_lifespan) find the test's database for every pool."""
+    names = set(URL_ENV_VARS)
+    for name, value in environment_variables().items():
+        upper = name.upper()
+        if upper == "DBPOOL_POOLS":
+            pools = [pool.strip().upper() for pool in value.split(",") if pool.strip()]
+            names.update(f"{ENV_PREFIX}{pool}_URL" for pool in pools)
+        elif upper.endswith("_URL") and upper not in _NOT_POOLS:
+            names.add(name if name in os.environ else upper)  # the environment beats .env
+    for name in names:
         monkeypatch.setenv(name, url)
+
+
+# DBPOOL_*_URL variables that are the plugin's own, not a pool's.
+_NOT_POOLS = frozenset({TEST_URL_ENV, TEST_ADMIN_URL_ENV})
 
 
 @pytest.fixture
@@ -147,9 +153,9 @@ async def dbpool_client(
             'fixture returning "asyncio" in your conftest.py'
         )
     _point_environment_at(monkeypatch, dbpool_database)
-    async with lifespan_client(dbpool_app) as client:
-        check_database(dbpool_app, dbpool_database)
-        yield client
+    with only_database(dbpool_database):  # any other, refused before the app's startup
+        async with lifespan_client(dbpool_app) as client:
+            yield client
 
 
 @pytest.fixture
@@ -160,6 +166,5 @@ def dbpool_test_client(
     from starlette.testclient import TestClient
 
     _point_environment_at(monkeypatch, dbpool_database)
-    with TestClient(dbpool_app) as client:
-        check_database(dbpool_app, dbpool_database)
+    with only_database(dbpool_database), TestClient(dbpool_app) as client:
         yield client

@@ -61,6 +61,19 @@ async def stream_fail(item_id: int, conn: StreamConnDep) -> StreamingResponse:
     return StreamingResponse(body(), media_type="text/plain")
 
 
+@app.get("/stream/rows")
+async def stream_rows(conn: StreamConnDep, chunks: int = 200) -> StreamingResponse:
+    """A long body read from the database chunk by chunk, for a client that hangs up."""
+
+    async def body() -> AsyncIterator[str]:
+        for n in range(chunks):
+            cur = await conn.execute("SELECT %s::int, repeat('x', 65536), pg_sleep(0.01)", (n,))
+            row = await cur.fetchone()
+            yield f"{row[0] if row else None}:{row[1] if row else ''}\n"
+
+    return StreamingResponse(body(), media_type="text/plain")
+
+
 class CancelAfter:
     """Cancels a request that runs longer than X-Cancel-After seconds, as an edge proxy would."""
 

@@ -2,6 +2,7 @@
 
 import secrets
 import socket
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -126,3 +127,24 @@ def test_handler_outcome_decides_commit_over_a_real_socket(
         if status == 500:
             assert "handler bug" not in response.text  # no traceback to the client
         leak_check(app, observer)
+
+
+def test_a_client_hanging_up_mid_stream_is_not_a_lost_database_connection(
+    served: ServeFactory, observer: Observer
+) -> None:
+    # Starlette cancels the body when the client goes; psycopg, its cancel interrupted, closes
+    # the connection. The database did nothing wrong: no connection_lost among the 503 causes.
+    with served() as app:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", app.port)) as sock:
+                sock.sendall(b"GET /stream/rows HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+                # A reset, not a polite FIN: the server sees the client gone at once.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            time.sleep(0.5)
+        leak_check(app, observer)
+        stats = httpx2.get(f"{app.base}/pool/stats", timeout=5).json()
+        assert stats["unavailable"] == dict.fromkeys(
+            ("pool_timeout", "queue_full", "pool_closed", "connection_lost"), 0
+        )
+        assert httpx2.get(f"{app.base}/value", timeout=5).json() == {"value": 1}

@@ -2,7 +2,9 @@
 them fails, with it both land, exactly once each."""
 
 import asyncio
+import re
 import secrets
+import time
 from typing import Any
 
 import psycopg
@@ -12,7 +14,7 @@ from psycopg import AsyncConnection
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.errors import CommitFailed
 from fastapi_dbpool.options import TransactionOptions
-from fastapi_dbpool.retry import retry_transaction
+from fastapi_dbpool.retry import backoff_delay, retry_transaction
 from fastapi_dbpool.session import transaction
 from fastapi_dbpool.testing import DatabaseServer
 
@@ -111,3 +113,42 @@ def test_with_a_retry_both_land_exactly_once(
     outcomes = asyncio.run(run_two(make_settings, ledger, retry=True))
     assert sorted(outcomes) == [0, 1], outcomes  # the retried one saw the other's entry
     assert entries(database_server.url, ledger) == [0, 1]  # once each, nothing doubled
+
+
+async def always_conflicting(conn: AsyncConnection[Any]) -> None:
+    """The server's own serialization failure (SQLSTATE 40001), every time."""
+    await conn.execute("DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END $$")
+
+
+def test_the_backoff_is_capped(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def run() -> float:
+        database = DatabasePool(make_settings(min_size=1, max_size=1))
+        await database.open()
+        try:
+            started = time.monotonic()
+            with pytest.raises(psycopg.errors.SerializationFailure):
+                await retry_transaction(
+                    database, always_conflicting, attempts=12, backoff=0.02, max_backoff=0.05
+                )
+            return time.monotonic() - started
+        finally:
+            await database.close()
+
+    with caplog.at_level("INFO", logger="fastapi_dbpool"):
+        elapsed = asyncio.run(run())
+    delays = [int(ms) for ms in re.findall(r"again in (\d+) ms", caplog.text)]
+    assert len(delays) == 11  # between the 12 attempts
+    assert max(delays) <= 50  # uncapped, the 11th would wait 10 to 30 s
+    assert elapsed < 11 * 0.05 + 5  # the sleeps, and the round trips with slack
+
+
+def test_the_delay_never_passes_the_cap_nor_overflows() -> None:
+    assert all(0.01 <= backoff_delay(1, 0.02, 1.0) <= 0.03 for _ in range(100))
+    assert all(backoff_delay(n, 0.02, 1.0) <= 1.0 for n in (10, 100, 2000) for _ in range(100))
+    capped = [backoff_delay(2000, 0.02, 1.0) for _ in range(100)]
+    assert min(capped) >= 1 / 3 and max(capped) <= 1.0  # the cap, still jittered
+    assert len(set(capped)) > 1
+    with pytest.raises(ValueError, match="max_backoff must be a number of seconds"):
+        asyncio.run(retry_transaction(None, always_conflicting, max_backoff=-1))  # type: ignore[arg-type]

@@ -125,3 +125,57 @@ def test_a_route_with_two_transaction_dependencies_one_with_options_is_refused_e
 
     response = client_for(app).get("/both")
     assert response.status_code == 500  # refused, not run under the other's timeout (504)
+
+
+@pytest.mark.parametrize("option", ["statement_timeout", "lock_timeout"])
+def test_a_timeout_above_postgresqls_limit_is_refused_when_declared(
+    option: str, make_settings: SettingsFactory, client_for: ClientFor
+) -> None:
+    # PostgreSQL's limit is INT_MAX milliseconds: 2147483.647 s, about 24.8 days.
+    above: dict[str, Any] = {option: 2147483.648}
+    with pytest.raises(ValueError, match=rf"{option} must be at most 2147483\.647 seconds"):
+        get_conn_with(**above)
+    a_month: dict[str, Any] = {option: 30 * 86400.0}
+    with pytest.raises(ValueError, match=rf"{option} must be at most"):
+        TransactionOptions(**a_month)
+    # The largest one allowed is one the server takes.
+    limit: dict[str, Any] = {option: 2147483.647}
+    longest = Annotated[Conn, Depends(get_conn_with(**limit))]
+    app = FastAPI(lifespan=create_pool_lifespan(make_settings(min_size=1, max_size=1)))
+
+    @app.get("/longest")
+    async def longest_route(conn: longest) -> str:
+        cur = await conn.execute("SELECT current_setting(%s)", (option,))
+        row = await cur.fetchone()
+        return str(row[0]) if row else ""
+
+    answer = client_for(app).get("/longest")
+    assert (answer.status_code, answer.json()) == (200, "2147483647ms")
+
+
+def test_read_only_is_a_guard_that_set_transaction_read_write_lifts(
+    make_settings: SettingsFactory, client_for: ClientFor, database_server: DatabaseServer
+) -> None:
+    # What docs/transactions.md says: not a security boundary (a read-only role is one).
+    app = FastAPI(lifespan=create_pool_lifespan(make_settings(min_size=1, max_size=1)))
+    ReadOnly = Annotated[Conn, Depends(get_conn_with(read_only=True))]
+
+    @app.post("/read-only/{item}")
+    async def lifted(item: int, conn: ReadOnly) -> None:
+        await conn.execute("SET TRANSACTION READ WRITE")
+        await conn.execute("INSERT INTO items (id, note) VALUES (%s, 'lifted')", (item,))
+
+    @app.post("/report/{item}")
+    async def not_lifted(item: int, conn: ReportConn) -> None:
+        await conn.execute("SET TRANSACTION READ WRITE")
+        await conn.execute("INSERT INTO items (id, note) VALUES (%s, 'lifted')", (item,))
+
+    client = client_for(app)
+    item = secrets.randbelow(2**62)
+    assert client.post(f"/read-only/{item}").status_code == 200
+    assert row_exists(database_server.url, "items", item)
+    # With timeouts, their set_config() is the transaction's first query, after which the
+    # server refuses the change: an accident of order, which the docs do not promise.
+    other = secrets.randbelow(2**62)
+    assert client.post(f"/report/{other}").status_code == 500
+    assert not row_exists(database_server.url, "items", other)

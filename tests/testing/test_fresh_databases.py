@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from fastapi_dbpool import PoolSettings, create_pool_lifespan
+from fastapi_dbpool._only_database import only as only_database
 from fastapi_dbpool.errors import PoolStartupError
 from fastapi_dbpool.testing import (
     DatabaseServer,
@@ -29,7 +30,6 @@ from fastapi_dbpool.testing import (
     python_command,
 )
 from fastapi_dbpool.testing._databases import name_prefix
-from fastapi_dbpool.testing._fixtures import check_database
 
 
 @pytest.fixture
@@ -258,12 +258,29 @@ async def test_lifespan_state_reaches_every_request(
 async def test_an_app_whose_settings_were_read_before_the_test_is_refused(
     database_server: DatabaseServer, dbpool_database: str
 ) -> None:
-    # Settings built at import time (here: the server's shared database), not at startup.
-    app = state_app(PoolSettings(url=database_server.url, min_size=1, max_size=1))
-    async with lifespan_client(app):
-        with pytest.raises(RuntimeError, match="not this test's 'dbpool_"):
-            check_database(app, dbpool_database)
-        check_database(app, database_server.url)  # where it does connect: no complaint
+    # Settings built at import time (here: the server's shared database), not at startup:
+    # refused before the pool connects, and before the app's own startup code runs.
+    started: list[str] = []
+
+    @asynccontextmanager
+    async def own(app: Starlette) -> AsyncIterator[None]:
+        started.append("startup")
+        yield
+
+    app = Starlette(
+        lifespan=create_pool_lifespan(
+            PoolSettings(url=database_server.url, min_size=1, max_size=1), lifespan=own
+        )
+    )
+    refused = pytest.raises(RuntimeError, match="not this test's 'dbpool_")
+    with only_database(dbpool_database), refused:
+        async with lifespan_client(app):
+            pass  # pragma: no cover - refused at startup
+    assert started == []
+    with only_database(database_server.url):  # where it does connect: no complaint
+        async with lifespan_client(app):
+            pass
+    assert started == ["startup"]
 
 
 @pytest.mark.anyio

@@ -7,6 +7,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from fastapi_dbpool import PoolSettings, SettingsError
+from fastapi_dbpool.settings import OWN_VARIABLES, check_variables
 
 URL = "postgresql://app:hunter2-SENTINEL@db.internal:5432/app"
 
@@ -277,3 +278,77 @@ def test_the_deadline_defaults_past_the_statement_timeout() -> None:
     assert PoolSettings(url=url).effective_deadline == 300.0
     assert PoolSettings(url=url, statement_timeout=5).effective_deadline == 15.0
     assert PoolSettings(url=url, deadline=2, statement_timeout=5).effective_deadline == 2.0
+
+
+def test_a_misspelt_variable_is_refused_naming_the_real_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DBPOOL_URL", URL)
+    monkeypatch.setenv("DBPOOL_MAX_SIZ", "5")
+    (tmp_path / ".env").write_text("DBPOOL_CONFIGUER=myapp.db:configure\n")  # .env too
+    with pytest.raises(SettingsError) as caught:
+        check_variables([PoolSettings()])
+    message = str(caught.value)
+    assert "DBPOOL_MAX_SIZ: did you mean DBPOOL_MAX_SIZE?" in message
+    assert "DBPOOL_CONFIGUER: did you mean DBPOOL_CONFIGURE?" in message
+    assert "myapp.db" not in message and "hunter2" not in message  # names, never values
+
+
+def test_a_variable_of_a_named_pool_is_checked_against_its_own_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DBPOOL_URL", URL)
+    monkeypatch.setenv("DBPOOL_POOLS", "replica")
+    monkeypatch.setenv("DBPOOL_REPLICA_URL", URL)
+    monkeypatch.setenv("DBPOOL_REPLICA_MAX_SIZE", "3")
+    check_variables([PoolSettings(), PoolSettings.for_pool("replica")])  # all known
+    monkeypatch.setenv("DBPOOL_REPLCA_MIN_SIZE", "1")
+    with pytest.raises(SettingsError, match=r"DBPOOL_REPLCA_MIN_SIZE: did you mean "):
+        check_variables([PoolSettings(), PoolSettings.for_pool("replica")])
+
+
+def test_an_unknown_variable_far_from_any_setting_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DBPOOL_URL", URL)
+    monkeypatch.setenv("DBPOOL_X", "1")
+    with pytest.raises(SettingsError, match=r"DBPOOL_X: not a setting"):
+        check_variables([PoolSettings()])
+
+
+def test_a_variable_of_a_pool_the_app_does_not_declare_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Maybe another app's (one environment, several apps): said, not refused.
+    monkeypatch.setenv("DBPOOL_URL", URL)
+    monkeypatch.setenv("DBPOOL_ANALYTICS_URL", URL)
+    with caplog.at_level("WARNING", logger="fastapi_dbpool"):
+        check_variables([PoolSettings()])
+    assert "DBPOOL_ANALYTICS_URL is set" in caplog.text
+    assert "no pool 'analytics'" in caplog.text
+    assert "add analytics to DBPOOL_POOLS" in caplog.text
+    assert "hunter2" not in caplog.text
+
+
+def test_the_packages_own_variables_are_not_settings_and_not_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fastapi_dbpool.testing import _server
+
+    own = {_server.TEST_URL_ENV, _server.TEST_ADMIN_URL_ENV, _server.PG_BIN_ENV}
+    assert own | {_server.TEST_TMPDIR_ENV} == OWN_VARIABLES
+    monkeypatch.setenv("DBPOOL_URL", URL)
+    for name in OWN_VARIABLES:
+        monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("dbpool_max_size", "3")  # any case, as the settings read it
+    check_variables([PoolSettings()])
+
+
+@pytest.mark.parametrize("field", ["STATEMENT_TIMEOUT", "IDLE_IN_TRANSACTION_TIMEOUT"])
+def test_a_timeout_above_postgresqls_limit_is_refused_naming_the_variable(field: str) -> None:
+    message = load_error(DBPOOL_URL=URL, **{f"DBPOOL_{field}": "2147483.648"})
+    assert f"DBPOOL_{field}: Input should be less than or equal to 2147483.647" in message
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DBPOOL_URL", URL)
+        mp.setenv(f"DBPOOL_{field}", "2147483.647")  # the limit itself: taken
+        assert f"={2**31 - 1}" in PoolSettings().connect_kwargs()["options"]
