@@ -6,6 +6,7 @@ lifespan calls check() with every pool's settings before any pool connects and b
 app's own startup code runs, so a test never touches a database it did not create.
 """
 
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -20,9 +21,15 @@ _WHERE = ("host", "hostaddr", "port", "dbname")
 _only: list[str] = []
 
 
+# What libpq reads when the URL leaves a part out (DATABASE_URL=postgresql:// and PG*).
+_LIBPQ_ENV = {"host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "dbname": "PGDATABASE"}
+
+
 def _where(conninfo: str) -> tuple[str, ...]:
     params = conninfo_to_dict(conninfo)
-    return tuple(str(params.get(key) or "") for key in _WHERE)
+    return tuple(
+        str(params.get(key) or os.environ.get(_LIBPQ_ENV[key]) or "") for key in _WHERE
+    )
 
 
 @contextmanager

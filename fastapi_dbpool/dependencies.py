@@ -38,6 +38,8 @@ _NOT_IN_FASTAPI = (
     "a route); outside a route, use fastapi_dbpool.session.transaction(database) instead"
 )
 
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
 # The dependencies are coroutines on purpose: FastAPI runs a plain `def` dependency in a
 # worker thread, which cost about 60 us per request here (measured in-process).
 
@@ -73,9 +75,22 @@ async def get_conn(request: HTTPConnection) -> Conn:
     is back in the pool before the response body is written, so a failed commit answers 500 and
     slow clients hold no connection. Pool timeouts, a full queue and lost connections answer
     503 with Retry-After. Every dependency of one request on one pool shares one connection.
+    With DBPOOL_READ_ONLY_GETS, a GET, HEAD or OPTIONS request gets get_read_conn's
+    connection instead (autocommit, read only: one round trip per statement).
     """
-    session = transaction(database_of(request), request.scope, leases=leases_of(request))
+    session = _request_session(database_of(request), request)
     return await _before_response(request).enter_async_context(session)
+
+
+def _request_session(
+    database: DatabasePool, request: HTTPConnection
+) -> AbstractAsyncContextManager[Conn]:
+    """get_conn's session on database: the request's transaction, or, with
+    DBPOOL_READ_ONLY_GETS on a GET, HEAD or OPTIONS request, a read on a read-only connection
+    (a write answers 500)."""
+    if database.settings.read_only_gets and request.scope.get("method") in _SAFE_METHODS:
+        return autocommit(database, request.scope, leases=leases_of(request))
+    return transaction(database, request.scope, leases=leases_of(request))
 
 
 async def get_read_conn(request: HTTPConnection) -> Conn:
@@ -111,10 +126,13 @@ def get_conn_for(name: str, *, read: bool = False) -> ConnDependency:
 
 @functools.cache
 def _conn_dependency(name: str, read: bool) -> ConnDependency:
-    enter = autocommit if read else transaction
-
     async def dependency(request: HTTPConnection) -> Conn:
-        session = enter(named_pool(request, name), request.scope, leases=leases_of(request))
+        database = named_pool(request, name)
+        session = (
+            autocommit(database, request.scope, leases=leases_of(request))
+            if read
+            else _request_session(database, request)
+        )
         return await _before_response(request).enter_async_context(session)
 
     dependency.__name__ = dependency.__qualname__ = f"get_conn_for_{name}"

@@ -253,6 +253,10 @@ class Transaction(_Session):
         try:
             if conn.autocommit:
                 await conn.set_autocommit(False)
+            if self.database.settings.read_only_gets and not (
+                self.options and self.options.read_only is not None
+            ):  # the pool's connections are read only by default: BEGIN READ WRITE
+                await conn.set_read_only(False)
             if self.options or self.context:  # before BEGIN: psycopg puts them in it
                 await (self.options or NO_OPTIONS).apply(conn, self.context)
                 if self.context is not None:

@@ -181,6 +181,14 @@ class PoolSettings(BaseSettings):
         "runs statements which refuse a transaction block (LangGraph's setup(): CREATE INDEX "
         "CONCURRENTLY); get_conn still runs each request in one transaction.",
     )
+    read_only_gets: bool = Field(
+        False,
+        description="GET, HEAD and OPTIONS requests through get_conn run as reads: autocommit, "
+        "one round trip per statement, no BEGIN/COMMIT. The pool's connections are read only "
+        "by default (a startup option, no round trip), so a write in such a request answers "
+        "500 and writes nothing; every other transaction says BEGIN READ WRITE. get_pool users "
+        "and hooks that write set read_only = False themselves. Not behind PgBouncer.",
+    )
     metrics: bool = Field(
         True,
         description="Time every checkout (wait and hold percentiles, high-water marks, "
@@ -439,6 +447,14 @@ class PoolSettings(BaseSettings):
             for name in ("statement_timeout", "idle_in_transaction_timeout")
             if getattr(self, name) is not None
         ]
+        if self.read_only_gets:
+            prefix = self.env_prefix()
+            raise ValueError(
+                f"{_name('read_only_gets', prefix)} cannot be applied behind PgBouncer "
+                f"({_name('pgbouncer', prefix)}=true): it makes connections read only with a "
+                "startup option, which PgBouncer rejects. Unset it, and use get_read_conn for "
+                "one-round-trip reads"
+            )
         if per_connection:
             prefix = self.env_prefix()
             names = " and ".join(_name(name, prefix) for name in per_connection)
@@ -502,6 +518,8 @@ class PoolSettings(BaseSettings):
             options.append(
                 f"-c idle_in_transaction_session_timeout={_ms(self.idle_in_transaction_timeout)}"
             )
+        if self.read_only_gets:
+            options.append("-c default_transaction_read_only=on")
         if options:
             kwargs["options"] = " ".join(options)
         return kwargs

@@ -99,6 +99,8 @@ class _SyncTransaction:
             reraise(self.pool, exc, None)
         conn.owned = True
         self.conn = conn
+        if self.pool.settings.read_only_gets:  # connections read only by default: READ WRITE
+            conn.read_only = False  # no round trip: it goes into the BEGIN
         return conn
 
     async def __aexit__(

@@ -352,3 +352,17 @@ def test_a_timeout_above_postgresqls_limit_is_refused_naming_the_variable(field:
         mp.setenv("DBPOOL_URL", URL)
         mp.setenv(f"DBPOOL_{field}", "2147483.647")  # the limit itself: taken
         assert f"={2**31 - 1}" in PoolSettings().connect_kwargs()["options"]
+
+
+def test_read_only_gets_is_refused_behind_pgbouncer() -> None:
+    with pytest.raises(SettingsError) as refused:
+        PoolSettings(url="postgresql://app@db/app", pgbouncer=True, read_only_gets=True)
+    message = str(refused.value)
+    assert "read_only_gets cannot be applied behind PgBouncer" in message
+    assert "use get_read_conn" in message
+
+
+def test_read_only_gets_makes_connections_read_only_by_a_startup_option() -> None:
+    settings = PoolSettings(url="postgresql://app@db/app", read_only_gets=True)
+    assert "-c default_transaction_read_only=on" in settings.connect_kwargs()["options"]
+    assert "options" not in PoolSettings(url="postgresql://app@db/app").connect_kwargs()
