@@ -6,16 +6,28 @@ wait, the wait against the hold time, and Little's law on the recent checkouts (
 """
 
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Protocol
 
+from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
-from fastapi_dbpool.settings import env_var
-from fastapi_dbpool.timings import Timings
+from fastapi_dbpool.settings import PoolSettings, env_var
+from fastapi_dbpool.timings import Recorder, Timings
 
-if TYPE_CHECKING:
-    from fastapi_dbpool.database import DatabasePool
+
+class Advised(Protocol):
+    """What the verdict reads of a pool (a DatabasePool)."""
+
+    @property
+    def settings(self) -> PoolSettings: ...
+    @property
+    def recorder(self) -> Recorder | None: ...
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]: ...
+    @property
+    def unavailable(self) -> Mapping[Any, int]: ...
+
 
 Verdict = Literal["ok", "saturated", "over-provisioned"]
 
@@ -102,7 +114,7 @@ def advise(
     )
 
 
-def advice_of(database: "DatabasePool", timings: Timings | None = None) -> Advice | None:
+def advice_of(database: Advised, timings: Timings | None = None) -> Advice | None:
     """The verdict for one pool now; None with DBPOOL_METRICS=false (nothing recorded)."""
     if database.recorder is None:
         return None

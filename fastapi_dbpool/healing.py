@@ -8,16 +8,16 @@ connections after one was found lost, and a reconnect loop when psycopg-pool giv
 import asyncio
 import logging
 import select
+from collections.abc import Coroutine
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import AsyncConnection
 from psycopg.pq import ConnStatus
 from psycopg_pool import AsyncConnectionPool
 
-if TYPE_CHECKING:
-    from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.settings import PoolSettings
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -29,10 +29,23 @@ CHECK_INTERVAL = 1.0
 HEAL_INTERVAL = 1.0
 
 
+class Healed(Protocol):
+    """What the healer reads of its pool (a DatabasePool)."""
+
+    @property
+    def settings(self) -> PoolSettings: ...
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]: ...
+    def target(self) -> str: ...
+    def redact(self, text: str) -> str: ...
+    def idle_for(self, conn: Conn) -> float: ...
+    def spawn(self, work: Coroutine[Any, Any, None]) -> "asyncio.Task[None]": ...
+
+
 class Healer:
     """The checks and reconnects of one DatabasePool."""
 
-    def __init__(self, database: "DatabasePool") -> None:
+    def __init__(self, database: Healed) -> None:
         self._database = database
         self._last_check = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -112,7 +125,7 @@ class Healer:
             await self.check_pool()
 
 
-def _opened(database: "DatabasePool") -> int:
+def _opened(database: Healed) -> int:
     """Connections the pool opened successfully so far (attempts less failures)."""
     stats = database.pool.get_stats()
     return int(stats.get("connections_num", 0)) - int(stats.get("connections_errors", 0))

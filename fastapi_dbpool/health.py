@@ -3,15 +3,43 @@ down/up state (a replica that cannot serve is skipped by reads until a ping answ
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Coroutine
+from typing import Any, Literal, Protocol
 
 import psycopg
+from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
+from psycopg_pool import AsyncConnectionPool
 
 from fastapi_dbpool.errors import unavailable_reason
+from fastapi_dbpool.healing import Healer
+from fastapi_dbpool.settings import PoolSettings
 
-if TYPE_CHECKING:
-    from fastapi_dbpool.database import DatabasePool
+Conn = AsyncConnection[Any]
+
+
+class Watched(Protocol):
+    """What the health check reads of a pool (a DatabasePool), and the replica state it
+    keeps there (down, and the error counts it last saw)."""
+
+    down: bool
+    connect_errors_seen: int
+    health_errors_seen: int
+
+    @property
+    def settings(self) -> PoolSettings: ...
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]: ...
+    @property
+    def healer(self) -> Healer: ...
+    def target(self) -> str: ...
+    def redact(self, text: str) -> str: ...
+    async def acquire(self, route: object = "", timeout: float | None = None) -> tuple[Conn, int]:
+        ...
+    async def release(self, conn: Conn, token: int) -> None: ...
+    async def restore(self, conn: Conn) -> None: ...
+    def adopt(self, task: "asyncio.Future[Any]") -> None: ...
+    def spawn(self, work: Coroutine[Any, Any, None]) -> "asyncio.Task[None]": ...
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -39,7 +67,7 @@ HEALTH_REASONS: tuple[HealthReason, ...] = (
 _UP_INTERVAL = 0.5  # seconds between pings of a replica that is down
 
 
-async def ping(database: "DatabasePool") -> HealthReason | None:
+async def ping(database: Watched) -> HealthReason | None:
     """One round trip within DBPOOL_HEALTH_TIMEOUT; None if it worked, else why not.
 
     The answer never waits past the timeout: a check still running then (a frozen network
@@ -77,7 +105,7 @@ async def ping(database: "DatabasePool") -> HealthReason | None:
     return "unreachable"
 
 
-async def _select_one(database: "DatabasePool", timeout: float) -> None:
+async def _select_one(database: Watched, timeout: float) -> None:
     """SELECT 1 in autocommit, no BEGIN/COMMIT around it; nothing more when the pool's
     checkout check has just made a round trip on this connection."""
     # The wait for a connection ends first, so a busy pool answers pool_timeout, not timeout.
@@ -96,7 +124,7 @@ async def _select_one(database: "DatabasePool", timeout: float) -> None:
             await database.release(conn, token)
 
 
-def mark_down(database: "DatabasePool") -> None:
+def mark_down(database: Watched) -> None:
     """This replica could not serve: reads skip it until a background ping works again."""
     if database.down or database.pool.closed:
         return
@@ -109,7 +137,7 @@ def mark_down(database: "DatabasePool") -> None:
     database.spawn(_until_up(database))
 
 
-async def _until_up(database: "DatabasePool") -> None:
+async def _until_up(database: Watched) -> None:
     while not database.pool.closed:
         await asyncio.sleep(_UP_INTERVAL)
         if await ping(database) is None:
@@ -118,7 +146,7 @@ async def _until_up(database: "DatabasePool") -> None:
             return
 
 
-def _connects_failed(database: "DatabasePool") -> bool:
+def _connects_failed(database: Watched) -> bool:
     """Whether connection attempts failed since the last health check asked."""
     errors = int(database.pool.get_stats().get("connections_errors", 0))
     failed = errors > database.health_errors_seen
@@ -126,7 +154,7 @@ def _connects_failed(database: "DatabasePool") -> bool:
     return failed
 
 
-def connect_failing(database: "DatabasePool") -> bool:
+def connect_failing(database: Watched) -> bool:
     """Whether the pool's connection attempts failed since the last time this was asked."""
     errors = int(database.pool.get_stats().get("connections_errors", 0))
     failing = errors > database.connect_errors_seen

@@ -9,16 +9,14 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 
 from fastapi_dbpool.connection import PooledConnection
-
-if TYPE_CHECKING:
-    from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.settings import PoolSettings
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -30,11 +28,20 @@ PasswordProvider = Callable[[], "str | Awaitable[str]"]
 _SECRETS_KEPT = 32
 
 
+class Secrets(Protocol):
+    """What the hooks read of their pool (a DatabasePool): its settings, and its secrets."""
+
+    @property
+    def settings(self) -> PoolSettings: ...
+    def redact(self, text: str) -> str: ...
+    def keep_secret(self, secret: str, most: int) -> None: ...
+
+
 class ConnectionSetupError(psycopg.OperationalError):
     """A configure hook or a password provider failed; the message names it, never a secret."""
 
 
-def connection_class(database: "DatabasePool") -> type[PooledConnection]:
+def connection_class(database: Secrets) -> type[PooledConnection]:
     """The pool's connection class: PooledConnection itself, or one that runs the password
     provider and the configure hook as part of connecting."""
     settings = database.settings
@@ -60,7 +67,7 @@ def connection_class(database: "DatabasePool") -> type[PooledConnection]:
     return SetUpConnection
 
 
-def reset_hook(database: "DatabasePool") -> ConnectionHook | None:
+def reset_hook(database: Secrets) -> ConnectionHook | None:
     """psycopg-pool's reset callback: RESET ALL (DBPOOL_RESET_SESSION) and the app's reset
     hook, or None (connections then go back without a worker's round trip)."""
     settings = database.settings
@@ -89,7 +96,7 @@ def describe(hook: object) -> str:
     return f"{module}:{name}"
 
 
-async def _configure(database: "DatabasePool", hook: ConnectionHook, conn: Conn) -> None:
+async def _configure(database: Secrets, hook: ConnectionHook, conn: Conn) -> None:
     await _run(database, "configure", hook, conn)
 
 
@@ -97,7 +104,7 @@ class HookTimeout(Exception):
     """A hook or a password provider took longer than DBPOOL_HOOK_TIMEOUT."""
 
 
-async def _bounded(database: "DatabasePool", work: Awaitable[Any]) -> Any:
+async def _bounded(database: Secrets, work: Awaitable[Any]) -> Any:
     """work, within DBPOOL_HOOK_TIMEOUT: a hook that never returns must not hold a connection
     attempt, the pool or the app's startup for ever."""
     settings = database.settings
@@ -110,7 +117,7 @@ async def _bounded(database: "DatabasePool", work: Awaitable[Any]) -> Any:
         ) from None
 
 
-async def _run(database: "DatabasePool", field: str, hook: ConnectionHook, conn: Conn) -> None:
+async def _run(database: Secrets, field: str, hook: ConnectionHook, conn: Conn) -> None:
     """Run hook on conn; what it leaves in a transaction is committed (its SETs, type lookups);
     a failure is logged and raised naming the hook and the pool, never a secret."""
     try:
@@ -124,7 +131,7 @@ async def _run(database: "DatabasePool", field: str, hook: ConnectionHook, conn:
         raise _failed(database, field, hook, exc) from None
 
 
-async def _password(database: "DatabasePool", provider: PasswordProvider) -> str:
+async def _password(database: Secrets, provider: PasswordProvider) -> str:
     try:
         if inspect.iscoroutinefunction(provider):
             value = await _bounded(database, provider())
@@ -137,7 +144,7 @@ async def _password(database: "DatabasePool", provider: PasswordProvider) -> str
         raise _failed(database, "password_provider", provider, exc) from None
 
 
-def accepted_password(database: "DatabasePool", value: object) -> str:
+def accepted_password(database: Secrets, value: object) -> str:
     """A provider's answer, checked, and redacted from now on."""
     if not isinstance(value, str) or not value:
         raise TypeError(f"it returned {type(value).__name__}, not a non-empty str")
@@ -145,7 +152,7 @@ def accepted_password(database: "DatabasePool", value: object) -> str:
     return value
 
 
-def failure_message(database: "DatabasePool", field: str, hook: object, exc: Exception) -> str:
+def failure_message(database: Secrets, field: str, hook: object, exc: Exception) -> str:
     """What failed, naming the setting, the hook and the pool; never a secret."""
     settings = database.settings
     return (
@@ -155,7 +162,7 @@ def failure_message(database: "DatabasePool", field: str, hook: object, exc: Exc
 
 
 def _failed(
-    database: "DatabasePool", field: str, hook: object, exc: Exception
+    database: Secrets, field: str, hook: object, exc: Exception
 ) -> ConnectionSetupError:
     message = failure_message(database, field, hook, exc)
     logger.error("%s; the connection is discarded", message)

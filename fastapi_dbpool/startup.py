@@ -3,18 +3,14 @@ connections within DBPOOL_OPEN_TIMEOUT, then one line on the server's connection
 
 import logging
 import os
-from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import PoolTimeout
 
 from fastapi_dbpool.errors import PoolStartupError
-from fastapi_dbpool.health import mark_down
+from fastapi_dbpool.health import Watched, mark_down
 from fastapi_dbpool.hooks import ConnectionSetupError
-
-if TYPE_CHECKING:
-    from fastapi_dbpool.database import DatabasePool
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -25,7 +21,7 @@ _BUDGET_QUERY = """
 """
 
 
-async def open_pool(database: "DatabasePool") -> None:
+async def open_pool(database: Watched) -> None:
     """Open the pool; fail fast with a clear reason unless fail_fast is off or the pool is
     not required (then start degraded and connect when the database comes up)."""
     settings = database.settings
@@ -75,7 +71,7 @@ async def open_pool(database: "DatabasePool") -> None:
     await _log_budget(database)
 
 
-async def _probe(database: "DatabasePool") -> None:
+async def _probe(database: Watched) -> None:
     """One connection as the pool makes them (password provider and configure hook included)."""
     settings = database.settings
     try:
@@ -89,7 +85,7 @@ async def _probe(database: "DatabasePool") -> None:
     await conn.close()
 
 
-def explain_connect_error(database: "DatabasePool", exc: psycopg.Error) -> str:
+def explain_connect_error(database: Watched, exc: psycopg.Error) -> str:
     """What went wrong connecting, and which setting to fix; never the password."""
     settings = database.settings
     url, password = settings.env_var("url"), settings.env_var("password")
@@ -110,7 +106,7 @@ def explain_connect_error(database: "DatabasePool", exc: psycopg.Error) -> str:
     return f"cannot connect to {database.target()}: {message} ({hint})"
 
 
-async def _log_budget(database: "DatabasePool") -> None:
+async def _log_budget(database: Watched) -> None:
     """One line: this pool's share of the connections the server allows; a warning if every
     worker's pool together could exceed it."""
     settings = database.settings

@@ -3,12 +3,8 @@
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
-from fastapi_dbpool.advice import advice_of
-
-if TYPE_CHECKING:
-    from fastapi_dbpool.database import DatabasePool
+from fastapi_dbpool.advice import Advised, advice_of
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -18,7 +14,7 @@ def connections_in_use(stats: Mapping[str, int]) -> int:
     return max(0, stats.get("pool_size", 0) - stats.get("pool_available", 0))
 
 
-def summary(database: "DatabasePool") -> str:
+def summary(database: Advised) -> str:
     """One line: the pool's state now (no secrets, key=value)."""
     stats = database.pool.get_stats()
     parts = [
@@ -41,7 +37,7 @@ def summary(database: "DatabasePool") -> str:
     return " ".join(parts)
 
 
-async def log_summaries(database: "DatabasePool", interval: float) -> None:
+async def log_summaries(database: Advised, interval: float) -> None:
     """Log summary() every interval seconds, until cancelled."""
     while True:
         await asyncio.sleep(interval)
