@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 from psycopg.conninfo import conninfo_to_dict
 
+from fastapi_dbpool._root import UsageError
 from fastapi_dbpool.settings import PoolSettings, env_var
 
 _WHERE = ("host", "hostaddr", "port", "dbname")
@@ -53,7 +54,7 @@ def check(pools: Iterable[PoolSettings]) -> None:
             continue
         got = conninfo_to_dict(settings.conninfo()).get("dbname")
         variable = env_var("url", settings.env_prefix())
-        raise RuntimeError(
+        raise UsageError(
             f"the pool {settings.name!r} would connect to the database {got!r}, not this "
             f"test's {conninfo_to_dict(url).get('dbname')!r}; refused before connecting and "
             "before the app's startup code. Its URL was given in code or read before the test "

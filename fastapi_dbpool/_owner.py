@@ -22,10 +22,12 @@ from types import MappingProxyType
 
 import psycopg
 
+from fastapi_dbpool._root import DBPoolError
+
 __all__ = ["Claim", "ConnectionReleased", "check", "claim", "core", "release"]
 
 
-class ConnectionReleased(psycopg.InterfaceError):
+class ConnectionReleased(DBPoolError, psycopg.InterfaceError):
     """A statement on a connection after its request (or block) gave it back to the pool."""
 
 

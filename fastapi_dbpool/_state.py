@@ -8,6 +8,7 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
+from fastapi_dbpool._root import UsageError
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.session import Leases
@@ -34,7 +35,7 @@ def database_of(request: HTTPConnection) -> DatabasePool:
     """The app's default pool; a clear error when the app has no pool lifespan."""
     database = _from_state(request, STATE_KEY)
     if not isinstance(database, DatabasePool):
-        raise RuntimeError(NO_POOL)
+        raise UsageError(NO_POOL)
     return database
 
 
@@ -51,7 +52,7 @@ def named_pool(request: HTTPConnection, name: str) -> DatabasePool:
     try:
         return databases_of(request).get(name)
     except LookupError as exc:
-        raise RuntimeError(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 def leases_of(request: HTTPConnection) -> Leases:

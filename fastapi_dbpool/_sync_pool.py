@@ -34,6 +34,7 @@ from typing_extensions import TypeVarTuple, Unpack  # typing has them from 3.11
 
 from fastapi_dbpool import _deadline
 from fastapi_dbpool._owner import Claim, check, claim
+from fastapi_dbpool._root import UsageError
 from fastapi_dbpool.connection import TransactionRefused
 from fastapi_dbpool.database import DatabasePool, pool_limits
 from fastapi_dbpool.errors import UNAVAILABLE_REASONS, UnavailableReason
@@ -137,9 +138,9 @@ class SyncPool:
         provider = settings.password_provider
         refused = async_setup_refused(settings)
         if refused is not None:
-            raise RuntimeError(refused)
+            raise UsageError(refused)
         if not isinstance(conninfo, str) or not isinstance(kwargs, dict | None):
-            raise RuntimeError(
+            raise UsageError(
                 f"pool {settings.name!r} computes its connection arguments with a callable, "
                 "which the sync pool of get_sync_conn does not run: use async def endpoints"
             )

@@ -24,6 +24,12 @@ from psycopg.abc import PQGen
 from psycopg.pq import TransactionStatus
 
 from fastapi_dbpool._owner import Claim, check
+from fastapi_dbpool._root import DBPoolError
+
+__all__ = [
+    "PooledConnection",
+    "TransactionRefused",
+]
 
 RV = TypeVar("RV")
 
@@ -34,7 +40,7 @@ _REFUSED = (
 )
 
 
-class TransactionRefused(psycopg.ProgrammingError):
+class TransactionRefused(DBPoolError, psycopg.ProgrammingError):
     """conn.commit(), rollback() or set_autocommit(True) inside a request's transaction."""
 
 

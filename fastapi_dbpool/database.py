@@ -31,6 +31,10 @@ from fastapi_dbpool.settings import PoolSettings
 from fastapi_dbpool.summary import log_summaries
 from fastapi_dbpool.timings import Recorder
 
+__all__ = [
+    "DatabasePool",
+]
+
 logger = logging.getLogger("fastapi_dbpool")
 
 Conn = AsyncConnection[Any]

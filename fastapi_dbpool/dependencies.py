@@ -23,11 +23,30 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from starlette.requests import HTTPConnection
 
+from fastapi_dbpool._root import UsageError
 from fastapi_dbpool._state import database_of, databases_of, leases_of, named_pool
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.options import Isolation, SessionContext, TransactionOptions
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.session import autocommit, transaction
+
+__all__ = [
+    "ConnDep",
+    "ConnDependency",
+    "DatabaseDep",
+    "PoolDep",
+    "ReadConnDep",
+    "StreamConnDep",
+    "get_conn",
+    "get_conn_for",
+    "get_conn_with",
+    "get_database",
+    "get_database_for",
+    "get_databases",
+    "get_pool",
+    "get_read_conn",
+    "get_stream_conn",
+]
 
 Conn = AsyncConnection[Any]
 
@@ -63,7 +82,7 @@ def _before_response(request: HTTPConnection) -> AsyncExitStack:
     """The exit stack FastAPI closes when the endpoint has returned, before the response."""
     stack = request.scope.get(_FUNCTION_STACK)
     if not isinstance(stack, AsyncExitStack):
-        raise RuntimeError(_NOT_IN_FASTAPI)
+        raise UsageError(_NOT_IN_FASTAPI)
     return stack
 
 

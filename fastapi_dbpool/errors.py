@@ -1,4 +1,27 @@
-"""Pool and connection errors turned into HTTP answers, in one place."""
+"""The package's errors, and pool and connection errors turned into HTTP answers, in one place.
+
+Every error the package raises is a ``DBPoolError``::
+
+    DBPoolError
+    ├── SettingsError (ValueError)            invalid settings, named by their variables
+    ├── PoolStartupError (RuntimeError)       a pool could not open: the reason and the fix
+    ├── UsageError (RuntimeError)             the app is wired in a way the package cannot serve
+    ├── ConnectionSetupError (psycopg.OperationalError)
+    │                                         a configure/reset hook or a password provider
+    │                                         failed (or passed DBPOOL_HOOK_TIMEOUT)
+    ├── TransactionRefused (psycopg.ProgrammingError)
+    │                                         conn.commit()/rollback() inside a request's
+    │                                         transaction
+    ├── ConnectionReleased (psycopg.InterfaceError)
+    │                                         a statement on a connection its request gave back
+    └── DatabaseHTTPError (starlette HTTPException): the HTTP answers
+        ├── DatabaseUnavailable               503 + Retry-After
+        ├── QueryTimeout, LockTimeout, DeadlineExceeded   504
+        └── CommitFailed, CommitOutcomeUnknown, ReadOnlyViolation, RequestCancelled   500
+
+Each keeps the standard base a caller would catch without knowing this package (the class in
+parentheses), so ``except psycopg.Error`` and ``except ValueError`` still see them.
+"""
 
 import logging
 from collections.abc import Container
@@ -10,7 +33,10 @@ from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 from starlette.exceptions import HTTPException
 
 from fastapi_dbpool._owner import ConnectionReleased
+from fastapi_dbpool._root import DBPoolError, UsageError
 from fastapi_dbpool.connection import TransactionRefused
+from fastapi_dbpool.hooks import ConnectionSetupError
+from fastapi_dbpool.settings import SettingsError
 
 if TYPE_CHECKING:
     from fastapi_dbpool.settings import PoolSettings
@@ -21,6 +47,8 @@ __all__ = [
     "CommitFailed",
     "CommitOutcomeUnknown",
     "ConnectionReleased",
+    "ConnectionSetupError",
+    "DBPoolError",
     "DatabaseHTTPError",
     "DatabaseUnavailable",
     "DeadlineExceeded",
@@ -28,7 +56,10 @@ __all__ = [
     "PoolStartupError",
     "QueryTimeout",
     "ReadOnlyViolation",
+    "RequestCancelled",
+    "SettingsError",
     "TransactionRefused",
+    "UsageError",
 ]
 
 UnavailableReason = Literal["pool_timeout", "queue_full", "pool_closed", "connection_lost"]
@@ -72,11 +103,11 @@ class Accounts(Protocol):
     def count_unavailable(self, reason: UnavailableReason) -> None: ...
 
 
-class PoolStartupError(RuntimeError):
+class PoolStartupError(DBPoolError, RuntimeError):
     """The pool could not be opened at startup; the message says why, never the password."""
 
 
-class DatabaseHTTPError(HTTPException):
+class DatabaseHTTPError(DBPoolError, HTTPException):
     """An HTTP answer of this package (503, 504 or 500); the request's transaction rolled back
     (or, for CommitOutcomeUnknown, may have committed)."""
 

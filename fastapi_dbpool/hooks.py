@@ -15,6 +15,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 
+from fastapi_dbpool._root import DBPoolError
 from fastapi_dbpool.connection import PooledConnection
 from fastapi_dbpool.settings import PoolSettings
 
@@ -37,7 +38,7 @@ class Secrets(Protocol):
     def keep_secret(self, secret: str, most: int) -> None: ...
 
 
-class ConnectionSetupError(psycopg.OperationalError):
+class ConnectionSetupError(DBPoolError, psycopg.OperationalError):
     """A configure hook or a password provider failed; the message names it, never a secret."""
 
 
@@ -100,7 +101,7 @@ async def _configure(database: Secrets, hook: ConnectionHook, conn: Conn) -> Non
     await _run(database, "configure", hook, conn)
 
 
-class HookTimeout(Exception):
+class HookTimeout(DBPoolError, TimeoutError):
     """A hook or a password provider took longer than DBPOOL_HOOK_TIMEOUT."""
 
 

@@ -11,6 +11,14 @@ from fastapi_dbpool.hooks import ConnectionHook
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.settings import PoolSettings, check_variables
 
+__all__ = [
+    "Lifespan",
+    "NamedPools",
+    "SettingsSource",
+    "create_pool_lifespan",
+    "pool_lifespan",
+]
+
 AppT = TypeVar("AppT")
 Lifespan = Callable[[AppT], AbstractAsyncContextManager[Mapping[str, Any] | None]]
 SettingsSource = PoolSettings | Callable[[], PoolSettings]

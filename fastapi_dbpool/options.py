@@ -14,6 +14,12 @@ from typing import Any, Literal
 
 from psycopg import AsyncConnection, IsolationLevel
 
+__all__ = [
+    "Isolation",
+    "SessionContext",
+    "TransactionOptions",
+]
+
 Isolation = Literal["read committed", "repeatable read", "serializable"]
 
 _LEVELS: dict[str, IsolationLevel] = {

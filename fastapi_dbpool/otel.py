@@ -15,11 +15,16 @@ from time import monotonic
 from typing import Any, Protocol
 
 from fastapi_dbpool import __version__
+from fastapi_dbpool._root import UsageError
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.lifespan import BEFORE_OPEN_KEY
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.summary import connections_in_use
 from fastapi_dbpool.timings import HISTOGRAM_BOUNDS, Distribution
+
+__all__ = [
+    "instrument",
+]
 
 INSTALL_HINT = 'OpenTelemetry metrics need opentelemetry-api: pip install "fastapi-dbpool[otel]"'
 
@@ -148,7 +153,7 @@ class PoolInstruments:
         pools = list(databases)
         for database in pools:
             if not database.pool.closed:
-                raise RuntimeError(
+                raise UsageError(
                     f"pool {database.settings.name!r} is open: attach OpenTelemetry before the "
                     "pools open (fastapi_dbpool.otel.instrument(app) before the app starts)"
                 )
@@ -194,7 +199,7 @@ def instrument(
     tracer = _query_tracer(tracer_provider) if trace_queries else None
     hooks: list[Callable[[Databases], None]] = list(getattr(app.state, BEFORE_OPEN_KEY, ()))
     if any(isinstance(getattr(hook, "__self__", None), PoolInstruments) for hook in hooks):
-        raise RuntimeError("fastapi_dbpool.otel.instrument(app) was already called for this app")
+        raise UsageError("fastapi_dbpool.otel.instrument(app) was already called for this app")
     instruments = PoolInstruments(meter_provider, checkout_histograms, tracer)
     setattr(app.state, BEFORE_OPEN_KEY, [*hooks, instruments.attach])
     return instruments

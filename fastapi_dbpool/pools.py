@@ -15,6 +15,10 @@ from fastapi_dbpool.session import Autocommit, Lease, Leases, lend
 from fastapi_dbpool.settings import PoolSettings, SettingsError
 from fastapi_dbpool.summary import connections_in_use
 
+__all__ = [
+    "Databases",
+]
+
 if TYPE_CHECKING:
     from fastapi_dbpool._sync_pool import SyncPool
 

@@ -26,6 +26,11 @@ from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.options import Isolation, TransactionOptions
 from fastapi_dbpool.session import transaction
 
+__all__ = [
+    "RETRYABLE",
+    "retry_transaction",
+]
+
 logger = logging.getLogger("fastapi_dbpool")
 
 T = TypeVar("T")

@@ -10,6 +10,10 @@ from fastapi_dbpool.dependencies import get_databases
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.stats import AppPoolStats, Health, snapshot_all
 
+__all__ = [
+    "pool_router",
+]
+
 pool_router = APIRouter(tags=["database"])
 
 _Databases = Annotated[Databases, Depends(get_databases)]

@@ -14,6 +14,11 @@ from typing import Any, ClassVar, Literal, SupportsIndex, overload
 
 from psycopg.rows import RowMaker, dict_row, namedtuple_row, no_result, tuple_row
 
+__all__ = [
+    "Record",
+    "RowFactoryName",
+]
+
 RowFactoryName = Literal["tuple", "dict", "namedtuple", "record"]
 
 

@@ -22,6 +22,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 
 from fastapi_dbpool._owner import core, release
+from fastapi_dbpool._root import UsageError
 from fastapi_dbpool.connection import PooledConnection
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.errors import (
@@ -33,6 +34,15 @@ from fastapi_dbpool.errors import (
     reraise,
 )
 from fastapi_dbpool.options import NO_OPTIONS, SessionContext, TransactionOptions
+
+__all__ = [
+    "Autocommit",
+    "Lease",
+    "Leases",
+    "Transaction",
+    "autocommit",
+    "transaction",
+]
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -243,9 +253,9 @@ class Transaction(_Session):
         self.joined = lease.transactional  # another session of this request runs it
         if self.joined:
             if self.options or self.context:
-                await self._give_up(lease, RuntimeError(_JOINED_WITH_OPTIONS))
+                await self._give_up(lease, UsageError(_JOINED_WITH_OPTIONS))
             if lease.options:
-                await self._give_up(lease, RuntimeError(_JOINING_OPTIONS))
+                await self._give_up(lease, UsageError(_JOINING_OPTIONS))
             return conn
         # A read session of this request lent it first (a Starlette read block around this
         # one): back to autocommit when this transaction ends, for the reads that follow.
@@ -337,7 +347,7 @@ async def _refuse_bypass(database: DatabasePool, conn: Conn, context: SessionCon
         known = database.bypasses_rls[key] = (name, bool(row and row[1]))
     name, bypasses = known
     if bypasses:
-        raise RuntimeError(
+        raise UsageError(
             f"pool {database.settings.name!r} applies a row-level security context as role "
             f"{name!r}, which bypasses row-level security (superuser or BYPASSRLS): every "
             "policy would let everything through. Connect as a role without BYPASSRLS, or set "

@@ -28,7 +28,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fastapi_dbpool import _url
 from fastapi_dbpool._redact import passwords_in, redact
+from fastapi_dbpool._root import DBPoolError
 from fastapi_dbpool.rows import FACTORIES, RowFactoryName
+
+__all__ = [
+    "CheckMode",
+    "PoolSettings",
+    "SettingsError",
+    "env_var",
+]
 
 ENV_PREFIX = "DBPOOL_"
 logger = logging.getLogger("fastapi_dbpool")
@@ -39,7 +47,7 @@ _POOL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _MAX_TIMEOUT = (2**31 - 1) / 1000
 
 
-class SettingsError(ValueError):
+class SettingsError(DBPoolError, ValueError):
     """Invalid pool settings; the message names each environment variable and how to fix it."""
 
 

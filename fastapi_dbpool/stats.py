@@ -11,6 +11,15 @@ from fastapi_dbpool.health import HealthReason
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.timings import Timings
 
+__all__ = [
+    "AppPoolStats",
+    "Health",
+    "PoolCounters",
+    "PoolHealth",
+    "PoolStats",
+    "Unavailable",
+]
+
 
 class PoolCounters(BaseModel):
     """psycopg-pool's own counters, under its own names, every one present even at 0."""

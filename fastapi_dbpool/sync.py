@@ -26,6 +26,7 @@ from starlette.requests import HTTPConnection
 
 from fastapi_dbpool import dependencies
 from fastapi_dbpool._owner import core, release
+from fastapi_dbpool._root import UsageError
 from fastapi_dbpool._state import POOLS_KEY, _from_state, database_of
 from fastapi_dbpool._sync_pool import SyncConnection, SyncPool, async_setup_refused
 from fastapi_dbpool.dependencies import _before_response
@@ -38,6 +39,11 @@ from fastapi_dbpool.errors import (
 )
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.settings import PoolSettings
+
+__all__ = [
+    "SyncConnDep",
+    "get_sync_conn",
+]
 
 logger = logging.getLogger("fastapi_dbpool")
 
@@ -55,7 +61,7 @@ def sync_pool_of(request: HTTPConnection) -> SyncPool:
     """The app's sync pool, opened now if no request used it before."""
     databases = _from_state(request, POOLS_KEY)
     if not isinstance(databases, Databases):
-        raise RuntimeError(_NO_LIFESPAN)
+        raise UsageError(_NO_LIFESPAN)
     name = databases.default.settings.name
     pool = databases.sync.get(name)
     if pool is None and databases.default.pool.closed:
@@ -214,7 +220,7 @@ def check_routes(app: object) -> None:
             if sub.name is None or call in overrides or not _hands_out_async(call):
                 continue
             methods = ",".join(sorted(getattr(route, "methods", None) or ()))
-            raise RuntimeError(
+            raise UsageError(
                 f"route {methods} {getattr(route, 'path', '?')}: the def endpoint "
                 f"{getattr(endpoint, '__qualname__', endpoint)!r} takes {sub.name!r} from "
                 f"{call.__name__}, an async connection, but FastAPI runs a def endpoint in a "
@@ -232,7 +238,7 @@ def check_sync_setup(app: object, settings: PoolSettings) -> None:
     for route in getattr(app, "routes", ()):
         if _depends_on_sync(getattr(route, "dependant", None)):
             path = getattr(route, "path", "?")
-            raise RuntimeError(f"route {path} takes SyncConnDep, but {refused}")
+            raise UsageError(f"route {path} takes SyncConnDep, but {refused}")
 
 
 def _depends_on_sync(dependant: Any) -> bool:
