@@ -15,8 +15,7 @@ reset) runs inside ``core()``, which no borrower's context sees: a context copie
 ``StreamingResponse`` body) does not have it.
 """
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
 
@@ -24,7 +23,7 @@ import psycopg
 
 from fastapi_dbpool._root import DBPoolError
 
-__all__ = ["Claim", "ConnectionReleased", "check", "claim", "core", "release"]
+__all__ = ["Claim", "ConnectionReleased", "check", "claim", "core", "in_core", "release"]
 
 
 class ConnectionReleased(DBPoolError, psycopg.InterfaceError):
@@ -70,15 +69,22 @@ def release(held: Claim | None) -> None:
         held.ended = True
 
 
-@contextmanager
-def core() -> Iterator[None]:
+class core:  # lower case: it reads as a function, ``with core():``
     """The package's own work on a connection whose claim has ended (rollback, restore,
     putconn): allowed in this context only, for the duration of the block."""
-    token = _in_core.set(True)
-    try:
-        yield
-    finally:
-        _in_core.reset(token)
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _in_core.set(True)
+
+    def __exit__(self, *exc: object) -> None:
+        _in_core.reset(self._token)
+
+
+def in_core() -> bool:
+    """Whether the current context runs the package's own work (inside ``core()``)."""
+    return _in_core.get()
 
 
 def check(conn: object) -> None:

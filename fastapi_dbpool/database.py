@@ -20,7 +20,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from fastapi_dbpool import _deadline, hooks, startup
-from fastapi_dbpool._owner import claim, core, release
+from fastapi_dbpool._owner import claim, core, in_core, release
 from fastapi_dbpool._redact import describe_conninfo, mask_conninfo, redact
 from fastapi_dbpool.connection import PooledConnection
 from fastapi_dbpool.errors import UNAVAILABLE_REASONS, UnavailableReason
@@ -277,6 +277,9 @@ class ClaimingPool(AsyncConnectionPool[Conn]):
         if isinstance(conn, PooledConnection):
             release(conn.claim)
             conn.claim = None
+        if in_core():  # the session's exit: its own work already
+            await super().putconn(conn)
+            return
         with core():  # the pool's reset (a rollback) is the package's work, not the borrower's
             await super().putconn(conn)
 

@@ -259,9 +259,9 @@ class Transaction(_Session):
             return conn
         # A read session of this request lent it first (a Starlette read block around this
         # one): back to autocommit when this transaction ends, for the reads that follow.
-        self.reads_after = conn.autocommit
+        self.reads_after = reads_after = conn.autocommit
         try:
-            if conn.autocommit:
+            if reads_after:
                 await conn.set_autocommit(False)
             if self.database.settings.read_only_gets and not (
                 self.options and self.options.read_only is not None
