@@ -23,10 +23,10 @@ from bench import database as dbmod
 from bench.overhead import summarize
 from bench.poolloop import ops_per_second
 from fastapi_dbpool import PoolSettings
+from fastapi_dbpool._timings import Distribution
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.otel import POOL_NAME, PoolInstruments, _Instruments, _Recorded
 from fastapi_dbpool.session import transaction
-from fastapi_dbpool.timings import Distribution
 
 
 async def _select_one(conn: Any, _: int) -> Any:

@@ -2,7 +2,7 @@
 
 import sys
 
-from fastapi_dbpool.top import main
+from fastapi_dbpool._top import main
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["top"]:

@@ -6,9 +6,9 @@ from time import perf_counter
 
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from fastapi_dbpool import metrics
+from fastapi_dbpool import _metrics
+from fastapi_dbpool._health import ping
 from fastapi_dbpool.database import DatabasePool
-from fastapi_dbpool.health import ping
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.stats import Health, PoolHealth, snapshot_all
 
@@ -62,9 +62,9 @@ async def ready(databases: Databases) -> JSONResponse:
 
 def metrics_text(databases: Databases) -> Response:
     """Every pool's metrics in the Prometheus text format; 501 without prometheus_client."""
-    if not metrics.available:
-        return PlainTextResponse(metrics.INSTALL_HINT + "\n", status_code=501)
-    return Response(metrics.render(list(databases)), media_type=METRICS_MEDIA_TYPE)
+    if not _metrics.available:
+        return PlainTextResponse(_metrics.INSTALL_HINT + "\n", status_code=501)
+    return Response(_metrics.render(list(databases)), media_type=METRICS_MEDIA_TYPE)
 
 
 def stats(databases: Databases) -> JSONResponse:

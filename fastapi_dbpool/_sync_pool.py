@@ -33,14 +33,14 @@ from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
 from typing_extensions import TypeVarTuple, Unpack  # typing has them from 3.11
 
 from fastapi_dbpool import _deadline
+from fastapi_dbpool._healing import closed_by_server
+from fastapi_dbpool._hooks import ConnectionSetupError, accepted_password, failure_message
 from fastapi_dbpool._owner import Claim, check, claim
+from fastapi_dbpool._restore import Baseline
 from fastapi_dbpool._root import UsageError
 from fastapi_dbpool.connection import TransactionRefused
 from fastapi_dbpool.database import DatabasePool, pool_limits
 from fastapi_dbpool.errors import UNAVAILABLE_REASONS, UnavailableReason
-from fastapi_dbpool.healing import closed_by_server
-from fastapi_dbpool.hooks import ConnectionSetupError, accepted_password, failure_message
-from fastapi_dbpool.restore import Baseline
 from fastapi_dbpool.settings import PoolSettings
 
 Args = TypeVarTuple("Args")

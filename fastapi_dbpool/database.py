@@ -19,17 +19,17 @@ from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
-from fastapi_dbpool import _deadline, hooks, startup
+from fastapi_dbpool import _deadline, _hooks, _startup
+from fastapi_dbpool._healing import Healer
 from fastapi_dbpool._owner import claim, core, in_core, release
 from fastapi_dbpool._redact import describe_conninfo, mask_conninfo, redact
+from fastapi_dbpool._restore import Baseline
+from fastapi_dbpool._summary import log_summaries
+from fastapi_dbpool._timings import Recorder
 from fastapi_dbpool.connection import PooledConnection
 from fastapi_dbpool.errors import UNAVAILABLE_REASONS, UnavailableReason
-from fastapi_dbpool.healing import Healer
 from fastapi_dbpool.options import RoleKey
-from fastapi_dbpool.restore import Baseline
 from fastapi_dbpool.settings import PoolSettings
-from fastapi_dbpool.summary import log_summaries
-from fastapi_dbpool.timings import Recorder
 
 __all__ = [
     "DatabasePool",
@@ -87,13 +87,13 @@ class DatabasePool:
             name=settings.name,
             open=False,
             # The app's password provider and configure hook run inside the connection
-            # attempt (hooks.py); without them, PooledConnection as it is.
-            connection_class=hooks.connection_class(self),
+            # attempt (_hooks.py); without them, PooledConnection as it is.
+            connection_class=_hooks.connection_class(self),
             configure=self._configure,
             # No reset callback by default: with one, psycopg-pool returns every connection
             # through a worker task (about 10 us more per checkout, measured); release()
             # restores the connection's attributes inline instead.
-            reset=hooks.reset_hook(self),
+            reset=_hooks.reset_hook(self),
             check=None if settings.check == "never" else self.healer.check,
             reconnect_failed=self.healer.reconnect_failed,
         )
@@ -140,7 +140,7 @@ class DatabasePool:
             )
         )
         try:
-            await startup.open_pool(self)
+            await _startup.open_pool(self)
         except BaseException:
             self.cancel_tasks()
             raise

@@ -32,10 +32,10 @@ from psycopg import errors as pg_errors
 from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 from starlette.exceptions import HTTPException
 
+from fastapi_dbpool._hooks import ConnectionSetupError
 from fastapi_dbpool._owner import ConnectionReleased
 from fastapi_dbpool._root import DBPoolError, UsageError
 from fastapi_dbpool.connection import TransactionRefused
-from fastapi_dbpool.hooks import ConnectionSetupError
 from fastapi_dbpool.settings import SettingsError
 
 if TYPE_CHECKING:

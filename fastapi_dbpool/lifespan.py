@@ -6,8 +6,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 from fastapi_dbpool import _only_database
+from fastapi_dbpool._hooks import ConnectionHook
 from fastapi_dbpool._state import POOLS_KEY, STATE_KEY
-from fastapi_dbpool.hooks import ConnectionHook
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.settings import PoolSettings, check_variables
 

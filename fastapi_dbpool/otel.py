@@ -16,11 +16,11 @@ from typing import Any, Protocol
 
 from fastapi_dbpool import __version__
 from fastapi_dbpool._root import UsageError
+from fastapi_dbpool._summary import connections_in_use
+from fastapi_dbpool._timings import HISTOGRAM_BOUNDS, Distribution
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.lifespan import BEFORE_OPEN_KEY
 from fastapi_dbpool.pools import Databases
-from fastapi_dbpool.summary import connections_in_use
-from fastapi_dbpool.timings import HISTOGRAM_BOUNDS, Distribution
 
 __all__ = [
     "instrument",

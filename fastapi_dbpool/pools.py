@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection
 
+from fastapi_dbpool._drain import Drain
+from fastapi_dbpool._health import connect_failing, mark_down
+from fastapi_dbpool._summary import connections_in_use
 from fastapi_dbpool.database import DatabasePool
-from fastapi_dbpool.drain import Drain
 from fastapi_dbpool.errors import unavailable_reason
-from fastapi_dbpool.health import connect_failing, mark_down
 from fastapi_dbpool.session import Autocommit, Lease, Leases, lend
 from fastapi_dbpool.settings import PoolSettings, SettingsError
-from fastapi_dbpool.summary import connections_in_use
 
 __all__ = [
     "Databases",

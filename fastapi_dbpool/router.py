@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
-from fastapi_dbpool import _endpoints, dashboard
+from fastapi_dbpool import _dashboard, _endpoints
 from fastapi_dbpool.dependencies import get_databases
 from fastapi_dbpool.pools import Databases
 from fastapi_dbpool.stats import AppPoolStats, Health, snapshot_all
@@ -65,4 +65,4 @@ async def pool_metrics(databases: _Databases) -> Response:
 )
 async def pool_dashboard() -> HTMLResponse:
     """A self-contained page (no external asset) that polls /pool/stats and draws each pool."""
-    return dashboard.response()
+    return _dashboard.response()

@@ -30,7 +30,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from fastapi_dbpool import _endpoints, dashboard
+from fastapi_dbpool import _dashboard, _endpoints
 from fastapi_dbpool._state import database_of, databases_of, leases_of, named_pool
 from fastapi_dbpool.errors import DatabaseHTTPError
 from fastapi_dbpool.options import Isolation, TransactionOptions
@@ -114,7 +114,7 @@ def pool_routes() -> list[BaseRoute]:
         return _endpoints.metrics_text(databases_of(request))
 
     async def pool_dashboard(request: Request) -> Response:
-        return dashboard.response()
+        return _dashboard.response()
 
     return [
         Route("/health/db", health_db, methods=["GET"]),

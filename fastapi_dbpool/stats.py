@@ -4,12 +4,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
+from fastapi_dbpool._advice import Advice, advice_of
+from fastapi_dbpool._health import HealthReason
 from fastapi_dbpool._sync_pool import SyncPool
-from fastapi_dbpool.advice import Advice, advice_of
+from fastapi_dbpool._timings import Timings
 from fastapi_dbpool.database import DatabasePool
-from fastapi_dbpool.health import HealthReason
 from fastapi_dbpool.pools import Databases
-from fastapi_dbpool.timings import Timings
 
 __all__ = [
     "AppPoolStats",

@@ -13,8 +13,8 @@ from fastapi import FastAPI, Request
 
 from bench.apps._common import QUERY, user
 from fastapi_dbpool import ConnDep, pool_lifespan
+from fastapi_dbpool._timings import Recorder
 from fastapi_dbpool.database import DatabasePool
-from fastapi_dbpool.timings import Recorder
 
 app = FastAPI(lifespan=pool_lifespan)
 _recorder: Recorder | None = None

@@ -13,8 +13,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
 from fastapi_dbpool import otel
+from fastapi_dbpool._timings import HISTOGRAM_BOUNDS
 from fastapi_dbpool.testing import DatabaseServer
-from fastapi_dbpool.timings import HISTOGRAM_BOUNDS
 
 from .conftest import ClientFor, SettingsFactory, build_app
 

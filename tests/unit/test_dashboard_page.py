@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from fastapi_dbpool.dashboard import page
+from fastapi_dbpool._dashboard import page
 
 NODE = shutil.which("node")
 SET_TIMEOUT_MAX = 2**31 - 1  # ms; a longer delay overflows and fires at once

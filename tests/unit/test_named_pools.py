@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from fastapi_dbpool import PoolSettings, SettingsError, get_conn_for
-from fastapi_dbpool.advice import advise
+from fastapi_dbpool._advice import advise
+from fastapi_dbpool._timings import Recorder
 from fastapi_dbpool.pools import Databases
-from fastapi_dbpool.timings import Recorder
 
 SECRET = "n0t-in-any-message"
 URL = f"postgresql://app:{SECRET}@127.0.0.1:5432/app"

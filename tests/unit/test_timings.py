@@ -2,8 +2,8 @@
 
 import pytest
 
-from fastapi_dbpool.advice import advise
-from fastapi_dbpool.timings import (
+from fastapi_dbpool._advice import advise
+from fastapi_dbpool._timings import (
     WINDOW,
     Distribution,
     DistributionStats,

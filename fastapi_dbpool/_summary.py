@@ -4,7 +4,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-from fastapi_dbpool.advice import Advised, advice_of
+from fastapi_dbpool._advice import Advised, advice_of
 
 logger = logging.getLogger("fastapi_dbpool")
 

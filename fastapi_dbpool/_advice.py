@@ -12,8 +12,8 @@ from typing import Any, Literal, Protocol
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
+from fastapi_dbpool._timings import Recorder, Timings
 from fastapi_dbpool.settings import PoolSettings, env_var
-from fastapi_dbpool.timings import Recorder, Timings
 
 
 class Advised(Protocol):

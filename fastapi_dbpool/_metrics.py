@@ -6,9 +6,9 @@ scrape: nothing global, nothing on the request path.
 
 from collections.abc import Iterator, Sequence
 
-from fastapi_dbpool.advice import advice_of
+from fastapi_dbpool._advice import advice_of
+from fastapi_dbpool._summary import connections_in_use
 from fastapi_dbpool.database import DatabasePool
-from fastapi_dbpool.summary import connections_in_use
 
 try:
     from prometheus_client import CollectorRegistry, generate_latest

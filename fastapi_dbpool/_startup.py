@@ -8,9 +8,9 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import PoolTimeout
 
+from fastapi_dbpool._health import Watched, mark_down
+from fastapi_dbpool._hooks import ConnectionSetupError
 from fastapi_dbpool.errors import PoolStartupError
-from fastapi_dbpool.health import Watched, mark_down
-from fastapi_dbpool.hooks import ConnectionSetupError
 
 logger = logging.getLogger("fastapi_dbpool")
 

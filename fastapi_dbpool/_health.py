@@ -11,8 +11,8 @@ from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
+from fastapi_dbpool._healing import Healer
 from fastapi_dbpool.errors import unavailable_reason
-from fastapi_dbpool.healing import Healer
 from fastapi_dbpool.settings import PoolSettings
 
 Conn = AsyncConnection[Any]
