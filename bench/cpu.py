@@ -62,6 +62,8 @@ SINGLE: tuple[Cell, ...] = (
     Cell("conndep", "(c) `Depends(get_conn)` (ConnDep)", "bench.apps.dbpool", floor="floor"),
     Cell("conndep-nogc", "(c') ConnDep, garbage collector disabled", "bench.apps.dbpool",
          env={"BENCH_GC": "off"}, floor="floor"),
+    Cell("conndep-nometrics", "(c'') ConnDep, DBPOOL_METRICS=false (no recorder, no leak "
+         "sweep)", "bench.apps.dbpool", env={"DBPOOL_METRICS": "false"}, floor="floor"),
     Cell("raw-ac", "(d) raw pool, autocommit, prepare_threshold=0, inline",
          "bench.apps.psycopg_pool_autocommit", floor="floor-ac"),
     Cell("floor-ac", "(e) DI floor over that autocommit pool", "bench.apps.di_floor",
