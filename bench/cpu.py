@@ -140,7 +140,9 @@ def run_cells(
     for cell in cells:
         if cell.app not in variants:
             name = f"app{len(variants)}"
-            env = {**cell.env, "BENCH_GC_STATS": str(run_dir / f"{name}.gc.json")}
+            gc_file = run_dir / f"{name}.gc.json"
+            gc_file.unlink(missing_ok=True)  # a file of an earlier set has later dump numbers
+            env = {**cell.env, "BENCH_GC_STATS": str(gc_file)}
             variants[cell.app] = Variant(name, -1, cell.app, cell.module, env=env)
     scripts = {cell.prefix: write_script(run_dir, cell.prefix) for cell in cells}
     runs: dict[str, list[dict[str, Any]]] = {cell.key: [] for cell in cells}
@@ -275,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench.cpu: {name}, {len(cells)} cells, {rounds} rounds", flush=True)
             runs = run_cells(cells, db.url, run_dir, rounds, seconds, min(2.0, seconds))
             results["sets"][name] = {"summary": summarize(cells, runs)}
+            (run_dir / "cpu.json").write_text(json.dumps(results, indent=2))
     results["loadavg_end"] = os.getloadavg()[0]
     (run_dir / "cpu.json").write_text(json.dumps(results, indent=2))
     print(render(results))
