@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import database as dbmod
-from bench import load, servers
+from bench import load, overhead, servers
 from bench.variants import Variant
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,14 @@ MULTI: tuple[Cell, ...] = tuple(
     for driver, label in (("psycopg", "raw psycopg pool"), ("dbpool", "fastapi_dbpool"),
                           ("asyncpg", "asyncpg pool"))
 )  # fmt: skip
-SETS = {"single": SINGLE, "multi": MULTI, "all": SINGLE + MULTI}
+# Each of ours right after (or before) its floor, ABBA, many short rounds: ratios of runs
+# seconds apart, which the machine's drift moves less; and whether a variant grows dearer
+# with the requests it has served (first half of the rounds against the second).
+PAIRED = tuple(
+    next(c for c in SINGLE if c.key == key)
+    for key in ("floor", "conndep", "floor-ac", "readconndep")
+)
+SETS = {"single": SINGLE, "multi": MULTI, "paired": PAIRED}
 
 
 def process_cpu(pid: int) -> float:
@@ -133,9 +140,16 @@ def measure(app: servers.App, gc_file: Path, script: Path, seconds: float) -> di
 
 
 def run_cells(
-    cells: tuple[Cell, ...], url: str, run_dir: Path, rounds: int, seconds: float, warmup: float
+    cells: tuple[Cell, ...],
+    url: str,
+    run_dir: Path,
+    rounds: int,
+    seconds: float,
+    warmup: float,
+    rotate: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every cell once per round, in a rotated and alternately reversed order."""
+    """Every cell once per round, in a rotated and alternately reversed order (not rotated:
+    A B C D, D C B A, ...: each cell beside the same neighbours, in ABBA pairs)."""
     variants: dict[str, Variant] = {}
     for cell in cells:
         if cell.app not in variants:
@@ -155,7 +169,8 @@ def run_cells(
         for cell in cells:  # warm-up: pools filled, statements prepared
             load.run(app_of(cell)[0].url, scripts[cell.prefix], CONNECTIONS, warmup)
         for r in range(rounds):
-            order = list(cells[r % len(cells) :] + cells[: r % len(cells)])
+            shift = r % len(cells) if rotate else 0
+            order = list(cells[shift:] + cells[:shift])
             for position, cell in enumerate(order[::-1] if r % 2 else order):
                 app, gc_file = app_of(cell)
                 result = measure(app, gc_file, scripts[cell.prefix], seconds)
@@ -188,9 +203,12 @@ def summarize(cells: tuple[Cell, ...], runs: dict[str, list[dict[str, Any]]]) ->
             ratios = [r["cpu_us"] / f["cpu_us"] for r, f in pairs]
             extra = [r["cpu_us"] - f["cpu_us"] for r, f in pairs]
             rps = [r["rps"] / f["rps"] for r, f in pairs]
+            half = len(ratios) // 2
             item.update(ratio=statistics.median(ratios), ratio_min=min(ratios),
                         ratio_max=max(ratios), extra_us=statistics.median(extra),
-                        rps_ratio=statistics.median(rps))  # fmt: skip
+                        rps_ratio=statistics.median(rps), ci95=overhead.summarize(ratios)["ci95"],
+                        first_half=statistics.median(ratios[: max(1, half)]),
+                        second_half=statistics.median(ratios[half:]))  # fmt: skip
         out[cell.key] = item
     return out
 
@@ -198,16 +216,20 @@ def summarize(cells: tuple[Cell, ...], runs: dict[str, list[dict[str, Any]]]) ->
 def table(cells: tuple[Cell, ...], summary: dict[str, Any]) -> str:
     """Markdown: CPU per request, its ratio to the floor (per round), req/s."""
     rows = ["| variant | µs CPU/request, median (min-max) | x floor CPU, median (min-max) "
-            "| + µs vs floor | req/s | req/s x floor | gc µs/request | gen-2 GCs per 1k |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+            "| 95 % CI of that median | 1st / 2nd half | + µs vs floor | req/s | req/s x floor "
+            "| gc µs/request | gen-2 GCs per 1k |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for cell in cells:
         s = summary[cell.key]
         ratio = (f"{s['ratio']:.2f} ({s['ratio_min']:.2f}-{s['ratio_max']:.2f}) vs "
                  f"{cell.floor}" if cell.floor else "floor")  # fmt: skip
         extra = f"{s['extra_us']:+.0f}" if cell.floor else ""
+        ci = f"{s['ci95'][0]:.2f}-{s['ci95'][1]:.2f}" if cell.floor else ""
+        halves = f"{s['first_half']:.2f} / {s['second_half']:.2f}" if cell.floor else ""
         rps_ratio = f"{s['rps_ratio']:.2f}" if cell.floor else ""
         rows.append(f"| {cell.title} (`{cell.key}`) | {s['cpu_us']:.0f} ({s['cpu_min']:.0f}-"
-                    f"{s['cpu_max']:.0f}) | {ratio} | {extra} | {s['rps']:,.0f} | {rps_ratio} | "
+                    f"{s['cpu_max']:.0f}) | {ratio} | {ci} | {halves} | {extra} | "
+                    f"{s['rps']:,.0f} | {rps_ratio} | "
                     f"{s['gc_us']:.1f} | {s['gen2_per_1k']:.2f} |")  # fmt: skip
     return "\n".join(rows) + "\n"
 
@@ -236,14 +258,16 @@ def render(results: dict[str, Any]) -> str:
            f"rounds of {results['seconds']} s, load average {results['loadavg_start']:.1f} at "
            f"the start, {results['loadavg_end']:.1f} at the end; fastapi_dbpool "
            f"{results['package']}.\n"]  # fmt: skip
-    for name, cells in (("single", SINGLE), ("multi", MULTI)):
+    for name, cells in SETS.items():
         if name in results["sets"]:
             out.append(table(cells, results["sets"][name]["summary"]))
-    if "single" in results["sets"]:
-        runs = {k: v["rounds"] for k, v in results["sets"]["single"]["summary"].items()}
-        for key in ("conndep", "conndep-nogc", "readconndep"):
+    for name in ("paired", "single"):
+        if name not in results["sets"]:
+            continue
+        runs = {k: v["rounds"] for k, v in results["sets"][name]["summary"].items()}
+        for key in [k for k in ("conndep", "conndep-nogc", "readconndep") if k in runs]:
             floor = "floor-ac" if key == "readconndep" else "floor"
-            out.append(f"Round by round, `{key}` against `{floor}`:\n")
+            out.append(f"Round by round ({name}), `{key}` against `{floor}`:\n")
             out.append(variance(runs, key, floor))
     return "\n".join(out)
 
@@ -254,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--set", choices=["single", "multi", "all"], default="all")
+    parser.add_argument("--set", choices=["paired", "single", "multi", "all"], default="all")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 2 s")
@@ -270,12 +294,15 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"started": stamp, "rounds": rounds, "seconds": seconds,
                                "loadavg_start": os.getloadavg()[0], "sets": {},
                                "package": version("fastapi-dbpool")}  # fmt: skip
-    names = ["single", "multi"] if args.set == "all" else [args.set]
+    names = list(SETS) if args.set == "all" else [args.set]
     with dbmod.database(args.dsn) as db:
         for name in names:
             cells = SETS[name]
             print(f"bench.cpu: {name}, {len(cells)} cells, {rounds} rounds", flush=True)
-            runs = run_cells(cells, db.url, run_dir, rounds, seconds, min(2.0, seconds))
+            paired = name == "paired"
+            runs = run_cells(cells, db.url, run_dir, rounds * 3 if paired else rounds,
+                             seconds * 0.75 if paired else seconds, min(2.0, seconds),
+                             rotate=not paired)  # fmt: skip
             results["sets"][name] = {"summary": summarize(cells, runs)}
             (run_dir / "cpu.json").write_text(json.dumps(results, indent=2))
     results["loadavg_end"] = os.getloadavg()[0]
