@@ -253,14 +253,45 @@ def variance(runs: dict[str, list[dict[str, Any]]], key: str, floor: str) -> str
     return "\n".join(rows) + "\n"
 
 
+def diagnose(runs: dict[str, list[dict[str, Any]]], key: str, floor: str) -> str:
+    """What moves key's per-round ratio to its floor: the machine (the req/s ratio moves with
+    it), the collector (the GC µs difference), or the requests served (first half, second)."""
+    floors = {r["round"]: r for r in runs[floor]}
+    pairs = [(r, floors[r["round"]]) for r in runs[key] if r["round"] in floors]
+    if len(pairs) < 3:
+        return ""
+    ratio = [r["cpu_us"] / f["cpu_us"] for r, f in pairs]
+    rps = [r["rps"] / f["rps"] for r, f in pairs]
+    gc_diff = [r["gc_us"] - f["gc_us"] for r, f in pairs]
+    no_gc = [(r["cpu_us"] - r["gc_us"]) / (f["cpu_us"] - f["gc_us"]) for r, f in pairs]
+    cpu = [r["cpu_us"] for r, _ in pairs]
+    own_rps = [r["rps"] for r, _ in pairs]
+
+    def corr(x: list[float], y: list[float]) -> str:
+        try:
+            return f"{statistics.correlation(x, y):+.2f}"
+        except statistics.StatisticsError:
+            return "-"
+
+    return (f"`{key}` / `{floor}`: correlation of the CPU ratio with the req/s ratio "
+            f"{corr(ratio, rps)}, with the GC µs difference {corr(ratio, gc_diff)} (median "
+            f"{statistics.median(gc_diff):+.1f} µs); the ratio with GC time taken out "
+            f"{statistics.median(no_gc):.2f} ({min(no_gc):.2f}-{max(no_gc):.2f}); `{key}`'s CPU "
+            f"per request against its own req/s {corr(cpu, own_rps)}.\n")  # fmt: skip
+
+
 def render(results: dict[str, Any]) -> str:
-    out = [f"CPU run of {results['started']}: c={CONNECTIONS}, {results['rounds']} interleaved "
-           f"rounds of {results['seconds']} s, load average {results['loadavg_start']:.1f} at "
-           f"the start, {results['loadavg_end']:.1f} at the end; fastapi_dbpool "
-           f"{results['package']}.\n"]  # fmt: skip
+    out = [f"CPU run of {results['started']}: c={CONNECTIONS}, load average "
+           f"{results['loadavg_start']:.1f} at the start, {results['loadavg_end']:.1f} at the end; "
+           f"fastapi_dbpool {results['package']}.\n"]  # fmt: skip
     for name, cells in SETS.items():
         if name in results["sets"]:
-            out.append(table(cells, results["sets"][name]["summary"]))
+            done = results["sets"][name]
+            out.append(
+                f"{name}: {done.get('rounds', '?')} rounds of {done.get('seconds', '?')} s"
+                f"{' (ABBA pairs)' if name == 'paired' else ' (rotated order)'}\n"
+            )
+            out.append(table(cells, done["summary"]))
     for name in ("paired", "single"):
         if name not in results["sets"]:
             continue
@@ -269,6 +300,7 @@ def render(results: dict[str, Any]) -> str:
             floor = "floor-ac" if key == "readconndep" else "floor"
             out.append(f"Round by round ({name}), `{key}` against `{floor}`:\n")
             out.append(variance(runs, key, floor))
+            out.append(diagnose(runs, key, floor))
     return "\n".join(out)
 
 
@@ -300,10 +332,11 @@ def main(argv: list[str] | None = None) -> int:
             cells = SETS[name]
             print(f"bench.cpu: {name}, {len(cells)} cells, {rounds} rounds", flush=True)
             paired = name == "paired"
-            runs = run_cells(cells, db.url, run_dir, rounds * 3 if paired else rounds,
-                             seconds * 0.75 if paired else seconds, min(2.0, seconds),
+            n, secs = (rounds * 3, seconds * 0.75) if paired else (rounds, seconds)
+            runs = run_cells(cells, db.url, run_dir, n, secs, min(2.0, seconds),
                              rotate=not paired)  # fmt: skip
-            results["sets"][name] = {"summary": summarize(cells, runs)}
+            results["sets"][name] = {"summary": summarize(cells, runs), "rounds": n,
+                                     "seconds": secs}  # fmt: skip
             (run_dir / "cpu.json").write_text(json.dumps(results, indent=2))
     results["loadavg_end"] = os.getloadavg()[0]
     (run_dir / "cpu.json").write_text(json.dumps(results, indent=2))
