@@ -101,7 +101,7 @@ def measure(url: str, run_dir: Path, rtts: list[float], rounds: int, seconds: fl
             ) -> dict[str, Any]:  # fmt: skip
     info = conninfo_to_dict(url)
     out: dict[str, Any] = {"rtt": {}}
-    with delayproxy.running(str(info.get("host", "127.0.0.1")), int(info.get("port", 5432))
+    with delayproxy.running(str(info.get("host", "127.0.0.1")), int(str(info.get("port", 5432)))
                             ) as proxy:  # fmt: skip
         proxied = make_conninfo(url, host=delayproxy.HOST, port=str(proxy.port))
         modules = list(dict.fromkeys(shape.module for shape in SHAPES))

@@ -146,7 +146,7 @@ def table(results: dict[str, Any]) -> str:
     def get(key: str, name: str) -> float:
         selfs = results[key]["self"]
         if name == "other":
-            return sum(v for k, v in selfs.items() if k not in GROUPS)
+            return float(sum(v for k, v in selfs.items() if k not in GROUPS))
         return float(selfs.get(name, 0.0))
 
     for name in (*GROUPS, "other"):

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
@@ -190,7 +190,9 @@ def main() -> None:
             conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, note text NOT NULL)")
             conn.execute("INSERT INTO items SELECT n, 'seed' FROM generate_series(1, 20) AS n")
         info = conninfo_to_dict(server.url)
-        with delayproxy.running(str(info.get("host", "127.0.0.1")), int(info["port"])) as proxy:
+        with delayproxy.running(
+            str(info.get("host", "127.0.0.1")), int(str(info["port"]))
+        ) as proxy:
             print("| the endpoint runs | statements | round trips |\n|---|---:|---:|")
             for shape, (title, _) in SHAPES.items():
                 got = measure(server, proxy, shape)

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 from fastapi import FastAPI, Request
 
 from bench.apps._common import POOL_MIN, POOL_SIZE, QUERY_DOLLAR, params, user
