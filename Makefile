@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-floor lint bench docs clean
+.PHONY: install run test test-floor lint bench bench-limits docs clean
 
 install: $(STAMP)
 
@@ -32,10 +32,15 @@ lint: install  ## ruff + mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: $(VENV)/.bench-installed  ## the benchmark harness (never part of make test), ~12 min
+bench: $(VENV)/.bench-installed  ## the benchmark harness (never part of make test), ~30 min
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		apt-get install -y -qq wrk >/dev/null; } || { echo "make bench needs wrk: apt-get install wrk"; exit 1; }
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.limits $(LIMITS_ARGS)
+
+bench-limits: $(VENV)/.bench-installed  ## only CPU/request, network, round trips, our frames (~20 min)
+	@command -v wrk >/dev/null || { echo "needs wrk: apt-get install wrk"; exit 1; }
+	$(BIN)/python -m bench.limits $(LIMITS_ARGS)
 
 $(VENV)/.bench-installed: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
