@@ -38,7 +38,7 @@ UPDATE = "UPDATE items SET note = 'again' WHERE id = %s"
 
 async def run_shape(conn: Any, item: int, shape: str) -> None:
     """What the endpoint runs on a psycopg connection, by shape."""
-    if shape in ("read", "get_conn_read", "raw_read"):
+    if shape in ("read", "get_conn_read", "raw_read", "read_only_gets"):
         await conn.execute(SELECT, (item,))
     elif shape in ("one_query", "raw_write"):
         await conn.execute(INSERT, (item,))
@@ -67,6 +67,7 @@ async def run_shape(conn: Any, item: int, shape: str) -> None:
 SHAPES: dict[str, tuple[str, str]] = {
     "none": ("nothing (`get_conn`, no query)", "get_conn"),
     "get_conn_read": ("`get_conn`, one `SELECT`", "get_conn"),
+    "read_only_gets": ("`get_conn`, one `SELECT`, `DBPOOL_READ_ONLY_GETS=true`", "get_conn_ro"),
     "one_query": ("`get_conn`, one `INSERT`", "get_conn"),
     "read": ("`ReadConnDep`, one `SELECT`", "read"),
     "block_first": ("`get_conn`, one `INSERT` in a first `conn.transaction()` block", "get_conn"),
@@ -86,7 +87,7 @@ SHAPES: dict[str, tuple[str, str]] = {
 
 
 def _endpoint(app: FastAPI, how: str, shape: str) -> None:
-    if how == "get_conn":
+    if how in ("get_conn", "get_conn_ro"):
 
         @app.get("/run/{item}")
         async def run(item: int, conn: ConnDep) -> None:
@@ -128,9 +129,14 @@ def _endpoint(app: FastAPI, how: str, shape: str) -> None:
 def app_for(url: str, name: str, shape: str) -> FastAPI:
     how = SHAPES[shape][1]
     lifespan: Callable[[FastAPI], Any]
-    if how in ("get_conn", "read"):
+    if how in ("get_conn", "get_conn_ro", "read"):
         settings = PoolSettings(
-            url=url, application_name=name, min_size=1, max_size=1, metrics=False
+            url=url,
+            application_name=name,
+            min_size=1,
+            max_size=1,
+            metrics=False,
+            read_only_gets=how == "get_conn_ro",
         )
         lifespan = create_pool_lifespan(settings)
     elif how == "raw":
