@@ -12,6 +12,8 @@ from typing import Any
 from psycopg import AsyncConnection, Connection
 from psycopg.adapt import AdaptersMap, PyFormat
 
+from fastapi_dbpool.connection import switch_autocommit
+
 Conn = AsyncConnection[Any] | Connection[Any]  # the sync pool of get_sync_conn keeps one too
 
 _AUTO, _TEXT, _BINARY = PyFormat.AUTO, PyFormat.TEXT, PyFormat.BINARY
@@ -58,7 +60,7 @@ class Baseline:
         self._restore_attributes(conn)
         # The transaction characteristics: async setters, awaited only when changed.
         if conn.autocommit is not self.autocommit:
-            await conn.set_autocommit(self.autocommit)
+            await switch_autocommit(conn, self.autocommit)
         if conn.isolation_level is not self.isolation_level:
             await conn.set_isolation_level(self.isolation_level)
         if conn.read_only is not self.read_only:

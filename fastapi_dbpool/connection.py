@@ -56,6 +56,22 @@ class Owner(Protocol):
         swallowed (psycopg.Rollback)."""
 
 
+async def switch_autocommit(conn: AsyncConnection[Any], value: bool) -> None:
+    """The package's own autocommit switch at checkout and return, when nothing else can hold
+    the connection: on an idle connection outside a pipeline, what psycopg's set_autocommit()
+    does (its check passes, it sets the flag) without the lock and the wait loop around it
+    (measured: 2 to 4 µs a switch, two switches per read request)."""
+    if (
+        conn.pgconn.transaction_status == TransactionStatus.IDLE
+        and conn._pipeline is None
+        and hasattr(conn, "_autocommit")
+    ):
+        conn._autocommit = value
+        if conn.autocommit is value:
+            return
+    await AsyncConnection.set_autocommit(conn, value)
+
+
 class PooledConnection(AsyncConnection[Any]):
     """The connection class of every pool of this package."""
 

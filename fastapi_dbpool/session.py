@@ -23,7 +23,7 @@ from psycopg.rows import tuple_row
 
 from fastapi_dbpool._owner import core, release
 from fastapi_dbpool._root import UsageError
-from fastapi_dbpool.connection import PooledConnection
+from fastapi_dbpool.connection import PooledConnection, switch_autocommit
 from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.errors import (
     CommitFailed,
@@ -262,7 +262,7 @@ class Transaction(_Session):
         self.reads_after = reads_after = conn.autocommit
         try:
             if reads_after:
-                await conn.set_autocommit(False)
+                await switch_autocommit(conn, False)
             if self.database.settings.read_only_gets and not (
                 self.options and self.options.read_only is not None
             ):  # the pool's connections are read only by default: BEGIN READ WRITE
@@ -306,7 +306,7 @@ class Autocommit(_Session):
         conn = lease.conn
         if lease.users == 1 and not lease.transactional and not conn.autocommit:
             try:
-                await conn.set_autocommit(True)
+                await switch_autocommit(conn, True)
             except BaseException as exc:
                 await self._give_up(lease, exc)
         return conn
