@@ -35,7 +35,7 @@ from typing_extensions import TypeVarTuple, Unpack  # typing has them from 3.11
 from fastapi_dbpool import _deadline
 from fastapi_dbpool._healing import closed_by_server
 from fastapi_dbpool._hooks import ConnectionSetupError, accepted_password, failure_message
-from fastapi_dbpool._owner import Claim, check, claim
+from fastapi_dbpool._owner import Claim, check, claim, core
 from fastapi_dbpool._restore import Baseline
 from fastapi_dbpool._root import UsageError
 from fastapi_dbpool.connection import TransactionRefused
@@ -291,7 +291,8 @@ class _Handover:
         self._conn: SyncConnection | None = None
 
     def getconn(self, timeout: float) -> SyncConnection:
-        conn = self._pool.getconn(timeout)
+        with core():  # the pool's check at checkout is its own work, whatever the thread held
+            conn = self._pool.getconn(timeout)
         with self._lock:
             if not self._abandoned:
                 self._conn = conn

@@ -268,7 +268,8 @@ class ClaimingPool(AsyncConnectionPool[Conn]):
     borrower until putconn (``_owner``): also for apps that use the pool directly."""
 
     async def getconn(self, timeout: float | None = None) -> Conn:
-        conn = await super().getconn(timeout)
+        with core():  # the pool's check at checkout is its own work, whatever this context held
+            conn = await super().getconn(timeout)
         if isinstance(conn, PooledConnection):
             conn.claim = claim(conn)
         return conn

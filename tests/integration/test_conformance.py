@@ -9,6 +9,7 @@ docs/reliability.md prints the matrix with the figure each cell measured.
 
 import asyncio
 import json
+import logging
 import os
 import secrets
 import threading
@@ -40,6 +41,7 @@ from fastapi_dbpool import (
 )
 from fastapi_dbpool._owner import ConnectionReleased
 from fastapi_dbpool._state import database_of
+from fastapi_dbpool.database import DatabasePool
 from fastapi_dbpool.session import Leases, autocommit, transaction
 from fastapi_dbpool.starlette import connection, exception_handlers
 from fastapi_dbpool.testing import DatabaseServer, Observer
@@ -609,3 +611,30 @@ def test_a_statement_on_a_frozen_path_answers_504_at_the_deadline(
             assert not row_exists(database_server.url, "items", item)
             assert client.post(f"/write/{new_id()}").status_code == 200
     measured("deadline_504", name, f"504 at {took:.2f} s (deadline 1 s)")
+
+
+def test_work_that_borrows_again_in_one_context_keeps_its_connection(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A background loop borrows the same connection again and again in one context: the
+    pool's check at checkout (check=always) runs on it and must not take the loop's ended
+    claim for a stale use (it used to throw every good connection away)."""
+
+    async def loop() -> list[int]:
+        database = DatabasePool(make_settings(min_size=1, max_size=1, check="always"))
+        await database.open()
+        pids = []
+        try:
+            for _ in range(3):
+                async with transaction(database) as conn:
+                    cur = await conn.execute("SELECT pg_backend_pid()")
+                    row = await cur.fetchone()
+                    pids.append(row[0] if row else 0)
+        finally:
+            await database.close()
+        return pids
+
+    caplog.set_level(logging.INFO, logger="psycopg.pool")
+    pids = asyncio.run(loop())
+    assert len(set(pids)) == 1, pids  # one backend throughout
+    assert "discarding" not in caplog.text and "failed check" not in caplog.text
