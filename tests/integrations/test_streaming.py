@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 
 from fastapi_dbpool import ConnDep, PoolDep, StreamConnDep, create_pool_lifespan
+from fastapi_dbpool.errors import ConnectionReleased
 from tests.integration.conftest import ClientFor
 from tests.integrations.conftest import SettingsFactory
 
@@ -33,9 +34,14 @@ def export_app(settings: Any) -> FastAPI:
     @app.get("/first-way.csv")
     async def first_way(conn: ConnDep, pool: PoolDep) -> StreamingResponse:
         async def lines() -> AsyncIterator[str]:
-            await conn.execute("SELECT 1")
-            stats = pool.get_stats()  # what the pool thinks while the body uses the connection
+            stats = pool.get_stats()  # what the pool thinks while the body holds the connection
             yield f"lent:{stats['pool_size'] - stats['pool_available']}\n"
+            try:
+                await conn.execute("SELECT 1")
+            except ConnectionReleased:
+                yield "refused: ConnectionReleased\n"
+                return
+            yield "ran\n"
 
         return StreamingResponse(lines(), media_type="text/csv")
 
@@ -60,8 +66,8 @@ def test_a_body_streams_from_a_server_side_cursor(
 def test_a_body_on_get_conn_finds_its_connection_given_back(
     make_settings: SettingsFactory, client_for: ClientFor
 ) -> None:
-    """The first way: ConnDep's connection is back in the pool before the body is written;
-    the body still runs its statements on it, outside the request's transaction."""
+    """The first way: ConnDep's connection is back in the pool before the body is written
+    (another request may hold it by then), so the body's statement is refused."""
     client = client_for(export_app(make_settings(max_size=1)))
-    # The query ran, on a connection the pool counts as free: another request may draw it.
-    assert client.get("/first-way.csv").text == "lent:0\n"
+    assert client.get("/first-way.csv").text == "lent:0\nrefused: ConnectionReleased\n"
+    assert client.get("/value").json() == 1  # the connection serves the next request
