@@ -89,6 +89,23 @@ PAIRED = tuple(
 SETS = {"single": SINGLE, "multi": MULTI, "paired": PAIRED}
 
 
+def against(checkout: Path) -> tuple[Cell, ...]:
+    """The paired set, plus ConnDep and ReadConnDep imported from checkout (its package and
+    its bench apps), each beside the same floor as ours: before and after in one run."""
+    other = {"PYTHONPATH": str(checkout)}
+    by_key = {cell.key: cell for cell in SINGLE}
+    return (
+        by_key["floor"],
+        by_key["conndep"],
+        Cell("conndep-other", f"(c) ConnDep from {checkout.name}", "bench.apps.dbpool",
+             env=other, floor="floor"),
+        by_key["floor-ac"],
+        by_key["readconndep"],
+        Cell("readconndep-other", f"(f) ReadConnDep from {checkout.name}",
+             "bench.apps.dbpool_read", env=other, floor="floor-ac"),
+    )  # fmt: skip
+
+
 def process_cpu(pid: int) -> float:
     """user + sys CPU seconds of the process pid (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -315,7 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 2 s")
     parser.add_argument("--dsn", default=os.environ.get("BENCH_DATABASE_URL"))
+    parser.add_argument("--against", metavar="CHECKOUT", help="also run ConnDep and "
+                        "ReadConnDep from another checkout of the repository (e.g. a git "
+                        "worktree of an older commit), paired with the same floors")
     args = parser.parse_args(argv)  # fmt: skip
+    if args.against:
+        SETS["paired"] = against(Path(args.against).resolve())
     rounds, seconds = (2, 2.0) if args.quick else (args.rounds, args.duration)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_dir = RESULTS / f"{stamp}-cpu"
