@@ -30,7 +30,7 @@ from psycopg.abc import PQGen
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
-from typing_extensions import TypeVarTuple, Unpack  # typing has them from 3.11
+from typing_extensions import Self, TypeVarTuple, Unpack  # typing has them from 3.11
 
 from fastapi_dbpool import _deadline
 from fastapi_dbpool._healing import closed_by_server
@@ -67,6 +67,13 @@ class SyncConnection(psycopg.Connection[Any]):
     owned = False  # a get_sync_conn request holds it
     outer: Transaction | None = None  # the request's transaction, when begun by a block
     claim: Claim | None = None  # the borrowing request's hold (_owner)
+
+    @classmethod
+    def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+        conn = super().connect(conninfo, **kwargs)
+        if not isinstance(conn, cls):  # a wrapper of connect() made psycopg's own class
+            conn.__class__ = cls
+        return conn
 
     def wait(
         self, gen: PQGen[Result], interval: float = 0.1, timeout: float | None = None

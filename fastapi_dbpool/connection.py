@@ -22,6 +22,7 @@ import psycopg
 from psycopg import AsyncConnection, AsyncTransaction
 from psycopg.abc import PQGen
 from psycopg.pq import TransactionStatus
+from typing_extensions import Self  # typing has it from 3.11
 
 from fastapi_dbpool._owner import Claim, check
 from fastapi_dbpool._root import DBPoolError
@@ -77,6 +78,15 @@ class PooledConnection(AsyncConnection[Any]):
 
     owner: Owner | None = None  # set while a request's transaction holds the connection
     claim: Claim | None = None  # the borrower's hold, set by the pool's getconn (_owner)
+
+    @classmethod
+    async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+        conn = await super().connect(conninfo, **kwargs)
+        if not isinstance(conn, cls):
+            # A wrapper of psycopg's connect() (OpenTelemetry's instrument()) made psycopg's
+            # own class: without ours, every guarantee of this module would silently go.
+            conn.__class__ = cls
+        return conn
 
     async def wait(
         self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None

@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from fastapi_dbpool import ConnDep, create_pool_lifespan, otel
+from fastapi_dbpool.errors import TransactionRefused
 from tests.integration.conftest import ClientFor
 from tests.integrations.conftest import SettingsFactory
 
@@ -149,3 +150,35 @@ def test_instrument_before_the_app_starts_traces(
     for _ in range(2):
         client.get("/marker")
     assert traced(exporter) == 2
+
+
+@pytest.mark.parametrize("state", ["instrumented", "uninstrumented"])
+def test_the_pools_connections_keep_the_packages_class(
+    make_settings: SettingsFactory,
+    client_for: ClientFor,
+    provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    instrumentor: PsycopgInstrumentor,
+    state: str,
+) -> None:
+    """instrument() wraps psycopg's connect(), and uninstrument() leaves a connect() that makes
+    psycopg's own class (seen with 0.61b0): the pool's connections must stay the package's,
+    with its rules (commit() refused inside a request, the owner's checks)."""
+    instrumentor.instrument(tracer_provider=provider)
+    if state == "uninstrumented":
+        instrumentor.uninstrument()  # as a test suite's teardown does
+    app = FastAPI(lifespan=create_pool_lifespan(make_settings(max_size=1)))
+
+    @app.get("/commit")
+    async def commit(conn: ConnDep) -> dict[str, str]:
+        await conn.execute(MARK)
+        kind = type(conn).__name__
+        try:
+            await conn.commit()
+        except TransactionRefused:
+            return {"class": kind, "commit": "refused"}
+        return {"class": kind, "commit": "ran"}
+
+    client = client_for(app)
+    assert client.get("/commit").json() == {"class": "PooledConnection", "commit": "refused"}
+    assert traced(exporter) == (1 if state == "instrumented" else 0)
