@@ -1,10 +1,10 @@
-# One word per habit: make run, make test, make lint, make bench.
+# One word per habit: make run, make test, make lint, make bench, make mutate.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-floor lint bench docs clean
+.PHONY: install run test test-floor lint bench mutate docs clean
 
 install: $(STAMP)
 
@@ -40,6 +40,9 @@ bench: $(VENV)/.bench-installed  ## the benchmark harness (never part of make te
 $(VENV)/.bench-installed: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
 	@touch $@
+
+mutate: install  ## hand-made mutants of the core against the request-path tests (never part of make test)
+	$(BIN)/python -m tests.mutation.mutate $(MUTATE_ARGS)
 
 docs: install  ## regenerate the settings tables in README.md and docs/configuration.md
 	$(BIN)/python -m fastapi_dbpool._docs --write README.md docs/configuration.md
