@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI, Header
 from fastapi.testclient import TestClient
 from psycopg import AsyncConnection
 
-from fastapi_dbpool import PoolSettings, create_pool_lifespan, get_conn_with
+from fastapi_dbpool import ConnDep, PoolSettings, create_pool_lifespan, get_conn_with, pool_router
 from fastapi_dbpool.options import SessionContext
 from fastapi_dbpool.testing import DatabaseServer
 
@@ -100,3 +100,38 @@ def test_a_role_that_bypasses_rls_is_refused(
         pytest.raises(RuntimeError, match=r"bypasses row-level security \(superuser"),
     ):
         client.get("/notes", headers={"x-tenant": "a"})
+
+
+def test_a_refused_bypass_gives_its_connection_back(
+    database_server: DatabaseServer, notes_table: str, unique_app_name: str
+) -> None:
+    """The refusal happens after the checkout: the pool's only connection must come back, or
+    every later request of the pool waits for it and answers 503."""
+    settings = PoolSettings(
+        url=database_server.admin_url,
+        application_name=unique_app_name,
+        min_size=1,
+        max_size=1,
+        timeout=1.0,
+    )
+    app = FastAPI(lifespan=create_pool_lifespan(settings))
+    app.include_router(pool_router)
+
+    @app.get("/notes")
+    async def notes(conn: TenantConn) -> None:
+        await conn.execute("SELECT 1")
+
+    @app.get("/plain")
+    async def plain(conn: ConnDep) -> int:
+        cur = await conn.execute("SELECT 1")
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        refused = [client.get("/notes", headers={"x-tenant": "a"}) for _ in range(2)]
+        assert [answer.status_code for answer in refused] == [500, 500]
+        plain_answer = client.get("/plain")
+        stats = client.get("/pool/stats").json()
+    assert plain_answer.status_code == 200
+    assert plain_answer.json() == 1
+    assert stats["in_use"] == 0
