@@ -105,8 +105,9 @@ def test_a_role_that_bypasses_rls_is_refused(
 def test_a_refused_bypass_gives_its_connection_back(
     database_server: DatabaseServer, notes_table: str, unique_app_name: str
 ) -> None:
-    """The refusal happens after the checkout: the pool's only connection must come back, or
-    every later request of the pool waits for it and answers 503."""
+    """The refusal happens after the checkout (and after the options and the context were
+    applied, in a transaction): the pool's only connection must come back, rolled back and
+    reset, or every later request of the pool waits for it and answers 503."""
     settings = PoolSettings(
         url=database_server.admin_url,
         application_name=unique_app_name,
@@ -116,22 +117,29 @@ def test_a_refused_bypass_gives_its_connection_back(
     )
     app = FastAPI(lifespan=create_pool_lifespan(settings))
     app.include_router(pool_router)
+    strict = get_conn_with(isolation="serializable", context=tenant_context)
 
     @app.get("/notes")
     async def notes(conn: TenantConn) -> None:
         await conn.execute("SELECT 1")
 
+    @app.get("/strict")
+    async def strict_notes(conn: Annotated[AsyncConnection[Any], Depends(strict)]) -> None:
+        await conn.execute("SELECT 1")
+
     @app.get("/plain")
     async def plain(conn: ConnDep) -> int:
-        cur = await conn.execute("SELECT 1")
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        await conn.execute("SELECT 1")
+        return conn.info.backend_pid
 
     with TestClient(app, raise_server_exceptions=False) as client:
-        refused = [client.get("/notes", headers={"x-tenant": "a"}) for _ in range(2)]
-        assert [answer.status_code for answer in refused] == [500, 500]
-        plain_answer = client.get("/plain")
+        before = client.get("/plain").json()
+        refused = [
+            client.get(path, headers={"x-tenant": "a"}) for path in ("/notes", "/strict") * 2
+        ]
+        assert [answer.status_code for answer in refused] == [500] * 4
+        after = client.get("/plain")
         stats = client.get("/pool/stats").json()
-    assert plain_answer.status_code == 200
-    assert plain_answer.json() == 1
+    assert after.status_code == 200
+    assert after.json() == before  # the same backend: given back in order, not discarded
     assert stats["in_use"] == 0
