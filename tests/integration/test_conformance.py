@@ -189,6 +189,12 @@ async def write(conn: Any, item_id: int, fail: str) -> None:
         await conn.execute(ORPHAN, (item_id, -item_id))
     if fail == "conflict":
         await conn.execute(CONFLICT, (item_id,))
+    if fail == "swallow":  # the endpoint "handles" an SQL error and returns normally
+        with contextlib.suppress(psycopg.errors.DivisionByZero):
+            await conn.execute("SELECT 1 / 0")
+    if fail == "lost":  # ... or the loss of its connection
+        with contextlib.suppress(psycopg.OperationalError):
+            await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
     if fail == "cut":
         await conn.execute(SLOW_COMMIT, (item_id,))
         cut_during_commit(conn)
@@ -215,6 +221,12 @@ def write_sync(conn: Any, item_id: int, fail: str) -> None:
         conn.execute(ORPHAN, (item_id, -item_id))
     if fail == "conflict":
         conn.execute(CONFLICT, (item_id,))
+    if fail == "swallow":
+        with contextlib.suppress(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1 / 0")
+    if fail == "lost":
+        with contextlib.suppress(psycopg.OperationalError):
+            conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
     if fail == "cut":
         conn.execute(SLOW_COMMIT, (item_id,))
         cut_during_commit(conn)
@@ -897,3 +909,27 @@ def test_a_task_the_endpoint_left_running_cannot_write_once_it_returned(
     assert set(backends_settle(observer, face)) <= {"idle"}
     answer = {200: "200", 500: "500 (its statement cancelled)"}[response.status_code]
     measured("nothing_after_return_queued", face.name, f"{answer}, ConnectionReleased, row absent")
+
+
+def test_a_swallowed_sql_error_is_never_a_200(face: Face) -> None:
+    """COMMIT of a transaction an SQL error aborted is a silent ROLLBACK: the endpoint that
+    caught the error and returned gets a 500, not a 200 for writes that vanished."""
+    item = new_id()
+    response = face.client.post(f"/write/{item}", params={"fail": "swallow"})
+    assert response.status_code == 500
+    assert "commit failed" in response.text
+    assert not row_exists(face.url, "items", item)
+    measured("swallowed_sql_error", face.name, "500, row absent")
+
+
+def test_a_swallowed_lost_connection_is_a_503_not_a_200(face: Face) -> None:
+    """The connection died under an endpoint that caught the error: nothing was committed, so
+    503 with Retry-After (safe to retry), and the pool serves the next request."""
+    item = new_id()
+    response = face.client.post(f"/write/{item}", params={"fail": "lost"})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert not row_exists(face.url, "items", item)
+    after = new_id()
+    assert face.client.post(f"/write/{after}").status_code == 200
+    measured("swallowed_lost_connection", face.name, "503 + Retry-After, row absent")
