@@ -144,6 +144,14 @@ def _stop(process: "subprocess.Popen[str]") -> str:
         return out or ""
 
 
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_tests(tree: Path, limit: float, tests: Sequence[str]) -> tuple[str, float, str]:
     """pytest on tests in tree: (killed/survived/timeout, seconds, detail)."""
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
@@ -156,6 +164,9 @@ def run_tests(tree: Path, limit: float, tests: Sequence[str]) -> tuple[str, floa
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        # A runner started in the background ignores SIGINT, and its children would too:
+        # pytest must take one as Ctrl-C (and stop its embedded server) when _stop sends it.
+        preexec_fn=_interruptible,
     )
     try:
         out, _ = process.communicate(timeout=limit)
@@ -258,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"no such mutant: {', '.join(unknown)} (see --list)", file=sys.stderr)
             return 2
 
+    # kill (SIGTERM) cleans up as Ctrl-C does: the running pytest is stopped, the copy removed.
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     started = time.monotonic()
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="dbpool-mutate-") as workdir:
@@ -292,4 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: the copy is removed; the working tree was never written to")
+        sys.exit(130)
