@@ -41,7 +41,7 @@ $(VENV)/.bench-installed: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
 	@touch $@
 
-mutate: install  ## hand-made mutants of the core against the request-path tests (never part of make test)
+mutate: install  ## hand-made mutants of the core against the request-path tests (never part of make test), ~40 min
 	$(BIN)/python -m tests.mutation.mutate $(MUTATE_ARGS)
 
 docs: install  ## regenerate the settings tables in README.md and docs/configuration.md

@@ -138,7 +138,9 @@ class VisibleAtResponse:
 
 
 class CancelAfter:
-    """Cancels requests that carry X-Cancel after CANCEL_AFTER s, as an edge timeout does."""
+    """Cancels requests that carry X-Cancel after CANCEL_AFTER s, as an edge timeout does:
+    with asyncio.wait_for (a task cancelled once), or with ``X-Cancel: scope`` an anyio cancel
+    scope (every await inside it cancelled until it is left)."""
 
     def __init__(self, inner: ASGIApp) -> None:
         self.inner = inner
@@ -169,7 +171,7 @@ class CancelAfter:
 
 
 async def write(conn: Any, item_id: int, fail: str) -> None:
-    if fail == "autocommit":  # refused: the request's transaction would end statement by one
+    if fail == "autocommit":  # refused: each statement would commit on its own
         await conn.set_autocommit(True)
     if fail == "block":  # a first block is the request's transaction: its error ends it all
         async with conn.transaction():
