@@ -1,10 +1,10 @@
-# One word per habit: make run, make test, make lint, make bench.
+# One word per habit: make run, make test, make lint, make bench, make mutate.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-floor lint bench bench-limits docs clean
+.PHONY: install run test test-floor lint bench bench-limits mutate docs clean
 
 install: $(STAMP)
 
@@ -45,6 +45,9 @@ bench-limits: $(VENV)/.bench-installed  ## only CPU/request, network, round trip
 $(VENV)/.bench-installed: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
 	@touch $@
+
+mutate: install  ## hand-made mutants of the core against the request-path tests (never part of make test), ~40 min
+	$(BIN)/python -m tests.mutation.mutate $(MUTATE_ARGS)
 
 docs: install  ## regenerate the settings tables in README.md and docs/configuration.md
 	$(BIN)/python -m fastapi_dbpool._docs --write README.md docs/configuration.md

@@ -95,7 +95,8 @@ async def read_item(request: Request) -> JSONResponse:
 
 async def read_write_read(request: Request) -> JSONResponse:
     """A read block around a write block, then a read: the write is committed when its block
-    ends, and the reads after it run in autocommit again."""
+    ends, and the reads after it run in autocommit again. ?fail=1: the write block raises, and
+    its write is rolled back (the block runs in a transaction, not in the reader's autocommit)."""
     item_id = int(request.path_params["item_id"])
     async with connection(request, read=True) as reader:
         await reader.execute("SELECT 1")
@@ -103,6 +104,8 @@ async def read_write_read(request: Request) -> JSONResponse:
             await conn.execute(
                 "INSERT INTO starlette_items (id, note) VALUES (%s, 'rwr')", (item_id,)
             )
+            if request.query_params.get("fail"):
+                raise HTTPException(409, "inside the write block")
         cur = await reader.execute("SELECT note FROM starlette_items WHERE id = %s", (item_id,))
         row = await cur.fetchone()
     return JSONResponse({"note": row[0] if row else None})

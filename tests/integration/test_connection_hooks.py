@@ -3,6 +3,7 @@ connection the pool ever lends, a reset hook, a password provider through a pass
 rotation, and clear failures that never show a secret."""
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -201,6 +202,24 @@ def test_a_raising_configure_fails_startup_naming_the_hook_never_the_password(
     assert "vector extension missing" in message
     assert database_server.password
     assert database_server.password not in message
+
+
+def test_a_configure_that_leaves_a_failed_transaction_fails_startup_naming_it(
+    make_settings: SettingsFactory,
+) -> None:
+    """A hook that swallows an SQL error leaves its connection unusable (every statement
+    would fail until a rollback): refused as a failed set-up, never lent."""
+
+    async def swallowing(conn: Conn) -> None:
+        with contextlib.suppress(psycopg.errors.DivisionByZero):
+            await conn.execute("SELECT 1 / 0")
+
+    app = hook_app(make_settings(configure=swallowing, open_timeout=2.0))
+    with pytest.raises(PoolStartupError) as caught, TestClient(app):
+        pass
+    message = str(caught.value)
+    assert f"{__name__}:test_a_configure_that_leaves_a_failed_transaction" in message
+    assert "left the connection in a failed transaction" in message
 
 
 def test_a_configure_that_starts_failing_answers_503_and_logs_the_hook(

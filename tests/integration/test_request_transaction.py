@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 
 from fastapi_dbpool import (
     ConnDep,
+    PoolDep,
     ReadConnDep,
     create_pool_lifespan,
     get_conn,
@@ -229,6 +230,12 @@ def state_app(settings_factory: SettingsFactory) -> FastAPI:
     async def write_state(conn: ConnDep) -> dict[str, Any]:
         return {**await describe(conn), "autocommit": conn.autocommit}
 
+    @app.get("/pool")
+    async def pool_state(pool: PoolDep) -> dict[str, Any]:
+        # psycopg-pool's own checkout puts nothing back: it sees what the last borrower left.
+        async with pool.connection() as conn:
+            return {"pid": conn.info.backend_pid, "autocommit": conn.autocommit}
+
     return app
 
 
@@ -251,6 +258,9 @@ def test_attributes_a_handler_sets_are_restored_when_the_connection_returns(
         assert after["deferrable"] is None
         assert after["autocommit"] is autocommit
     assert NOTICES == []  # the notice handler /change added did not outlive its request
+    # The last request was a read (autocommit on): its connection went back transactional, so
+    # a get_pool block's rollback still undoes its writes.
+    assert client.get("/pool").json() == {"pid": before["pid"], "autocommit": False}
 
 
 # --- one connection per request -------------------------------------------------------------

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from psycopg import AsyncConnection, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from fastapi_dbpool import PoolSettings, create_pool_lifespan, get_conn_with
+from fastapi_dbpool import ConnDep, PoolSettings, create_pool_lifespan, get_conn_with, pool_router
 from fastapi_dbpool.options import SessionContext
 from fastapi_dbpool.testing import DatabaseServer
 
@@ -227,3 +227,46 @@ def test_a_setting_value_that_is_not_text_is_refused_when_declared() -> None:
         SessionContext(settings={"app.tenant_id": 7})  # type: ignore[dict-item]
     with pytest.raises(TypeError, match=r"role must be a str, not int"):
         SessionContext(role=7)  # type: ignore[arg-type]
+
+
+def test_a_refused_bypass_gives_its_connection_back(
+    database_server: DatabaseServer, notes_table: str, unique_app_name: str
+) -> None:
+    """The refusal happens after the checkout (and after the options and the context were
+    applied, in a transaction): the pool's only connection must come back, rolled back and
+    reset, or every later request of the pool waits for it and answers 503."""
+    settings = PoolSettings(
+        url=database_server.admin_url,
+        application_name=unique_app_name,
+        min_size=1,
+        max_size=1,
+        timeout=1.0,
+    )
+    app = FastAPI(lifespan=create_pool_lifespan(settings))
+    app.include_router(pool_router)
+    strict = get_conn_with(isolation="serializable", context=tenant_context)
+
+    @app.get("/notes")
+    async def notes(conn: TenantConn) -> None:
+        await conn.execute("SELECT 1")
+
+    @app.get("/strict")
+    async def strict_notes(conn: Annotated[AsyncConnection[Any], Depends(strict)]) -> None:
+        await conn.execute("SELECT 1")
+
+    @app.get("/plain")
+    async def plain(conn: ConnDep) -> int:
+        await conn.execute("SELECT 1")
+        return conn.info.backend_pid
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        before = client.get("/plain").json()
+        refused = [
+            client.get(path, headers={"x-tenant": "a"}) for path in ("/notes", "/strict") * 2
+        ]
+        assert [answer.status_code for answer in refused] == [500] * 4
+        after = client.get("/plain")
+        stats = client.get("/pool/stats").json()
+    assert after.status_code == 200
+    assert after.json() == before  # the same backend: given back in order, not discarded
+    assert stats["in_use"] == 0

@@ -94,6 +94,17 @@ def test_a_write_block_inside_a_read_block_answers_what_happened(
     assert _note(admin, item_id) == "rwr"
 
 
+def test_a_write_block_inside_a_read_block_that_raises_keeps_nothing(
+    served: Served, admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """The shared connection is in autocommit for the read block: the write block inside it
+    must run in a transaction all the same, or its rollback would undo nothing."""
+    item_id = _new_id()
+    response = httpx2.post(f"{served.base}/items/{item_id}/rwr", params={"fail": "1"})
+    assert response.status_code == 409, response.text
+    assert _note(admin, item_id) is None
+
+
 @pytest.mark.parametrize(("fail", "status", "kept"), [("", 201, True), ("1", 409, False)])
 def test_a_block_inside_a_block_joins_the_requests_transaction(
     served: Served,

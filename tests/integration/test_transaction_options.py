@@ -3,6 +3,7 @@
 import secrets
 from typing import Annotated, Any
 
+import psycopg
 import pytest
 from fastapi import Depends, FastAPI
 from psycopg import AsyncConnection
@@ -27,6 +28,7 @@ ReportConn = Annotated[
     ),
 ]
 QuickConn = Annotated[Conn, Depends(get_conn_with(statement_timeout=0.2))]
+PatientConn = Annotated[Conn, Depends(get_conn_with(lock_timeout=0.2))]
 
 SHOW = """
     SELECT current_setting('transaction_isolation'), current_setting('transaction_read_only'),
@@ -60,6 +62,10 @@ def options_app(settings_factory: SettingsFactory) -> FastAPI:
     async def quick(conn: QuickConn) -> None:
         await conn.execute("SELECT pg_sleep(2)")
 
+    @app.post("/lock/{item}")
+    async def lock(item: int, conn: PatientConn) -> None:
+        await conn.execute("SELECT id FROM items WHERE id = %s FOR UPDATE", (item,))
+
     return app
 
 
@@ -92,6 +98,21 @@ def test_a_routes_statement_timeout_answers_504(
     response = client.get("/quick")
     assert response.status_code == 504
     assert client.get("/plain").json()[3] == "0"  # the next request has no timeout of it
+
+
+def test_a_routes_lock_timeout_answers_504(
+    make_settings: SettingsFactory, client_for: ClientFor, database_server: DatabaseServer
+) -> None:
+    client = client_for(options_app(make_settings))
+    item = secrets.randbelow(2**62)
+    with psycopg.connect(database_server.url) as holder:  # holds the row's lock meanwhile
+        holder.execute("INSERT INTO items (id, note) VALUES (%s, 'locked')", (item,))
+        holder.commit()
+        holder.execute("SELECT id FROM items WHERE id = %s FOR UPDATE", (item,))
+        response = client.post(f"/lock/{item}")
+    assert response.status_code == 504
+    assert "lock_timeout" in response.json()["detail"]
+    assert client.get("/plain").json()[4] == "0"  # the next request has no lock timeout
 
 
 def test_bad_options_fail_when_the_app_is_built() -> None:
