@@ -12,6 +12,7 @@ from fastapi import BackgroundTasks, FastAPI, HTTPException
 from fastapi.testclient import TestClient
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
 
 from fastapi_dbpool import (
     ConnDep,
@@ -20,6 +21,7 @@ from fastapi_dbpool import (
     create_pool_lifespan,
     pool_router,
 )
+from fastapi_dbpool._sync_pool import SyncConnection, _Handover
 from fastapi_dbpool.testing import DatabaseServer, Observer
 
 from .conftest import ClientFor, SettingsFactory, row_exists, url_without_password
@@ -319,3 +321,33 @@ def test_the_sync_pool_sheds_only_at_its_gate_not_while_it_grows(
             executor.map(lambda _: client.get("/sync/sleep", params={"seconds": 0.3}), range(4))
         )
     assert [answer.status_code for answer in answers] == [200] * 4
+
+
+@pytest.mark.parametrize("when", ["before_the_thread_hands_it_over", "after"])
+def test_a_checkout_abandoned_by_its_request_goes_back_to_the_pool(
+    database_server: DatabaseServer, when: str
+) -> None:
+    """The two sides of a sync checkout whose request is cancelled: the worker thread still
+    waiting for getconn (it puts the connection back itself), or the thread done and the
+    request gone before it received the connection (the request's side puts it back)."""
+    pool: ConnectionPool[SyncConnection] = ConnectionPool(
+        database_server.url, min_size=1, max_size=1, open=True, connection_class=SyncConnection
+    )
+    try:
+        pool.wait(5)
+        handover = _Handover(pool)
+        if when == "after":
+            handover.getconn(2.0)  # the thread got it...
+            handover.abandon()  # ...and the request was cancelled before it received it
+        else:
+            handover.abandon()  # the request is cancelled first...
+            with pytest.raises(BaseException):  # noqa: B017 - anyio's cancellation class
+                handover.getconn(2.0)  # ...so the thread puts back what it gets
+        deadline = time.monotonic() + 5
+        while pool.get_stats().get("pool_available", 0) != 1:
+            assert time.monotonic() < deadline, f"still lent: {pool.get_stats()}"
+            time.sleep(0.05)
+        with pool.connection(timeout=1.0) as conn:  # and it is lent again
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        pool.close()
