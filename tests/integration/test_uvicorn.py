@@ -105,3 +105,53 @@ def test_sigterm_turns_readiness_off_and_keeps_serving_for_the_drain_period(
         assert time.monotonic() - started >= 2.0  # it did not shut down before the period ended
         assert "serving for 2.0 s more" in app.output()
     assert observer.wait_for_count(unique_app_name, 0, timeout=2.0) == 0
+
+
+OWNER_APP = "tests.integration.uvicorn_owner_app:app"
+
+
+@pytest.mark.slow
+def test_nothing_runs_on_a_connection_after_its_request_under_uvicorn(
+    database_server: DatabaseServer, observer: Observer, unique_app_name: str
+) -> None:
+    """Issue #21, item 1, as it was found: a def endpoint cancelled by an asyncio.wait_for
+    middleware keeps running in its thread; its later INSERT used to be committed inside the
+    next request's transaction. A streaming body on a get_conn connection likewise."""
+    import psycopg
+
+    env = {
+        "DBPOOL_URL": database_server.url,
+        "DBPOOL_APPLICATION_NAME": unique_app_name,
+        "DBPOOL_MIN_SIZE": "1",
+        "DBPOOL_MAX_SIZE": "1",
+    }
+    base_id = int(time.time_ns() % 2**40) * 100
+    with psycopg.connect(database_server.url, autocommit=True) as check:
+        check.execute("CREATE TABLE IF NOT EXISTS items (id bigint PRIMARY KEY, note text)")
+
+        def exists(item_id: int) -> bool:
+            found = check.execute("SELECT 1 FROM items WHERE id = %s", (item_id,)).fetchone()
+            return found is not None
+
+        with (
+            serve_app(OWNER_APP, env) as app,
+            httpx2.Client(base_url=app.base, timeout=10) as client,
+        ):
+            cancelled = client.post(f"/def/{base_id}", headers={"x-cancel-after": "0.3"})
+            assert cancelled.status_code == 504
+            # The next request on the one connection, while the cancelled thread still runs.
+            assert client.post(f"/plain/{base_id + 10}").status_code == 200
+            deadline = time.monotonic() + 5
+            while f"LATE def {base_id + 1}" not in app.output():
+                assert time.monotonic() < deadline, app.output()
+                time.sleep(0.05)
+            assert f"LATE def {base_id + 1} ConnectionReleased" in app.output()
+            streamed = client.get(f"/stream/{base_id + 20}")
+            assert streamed.text == "start\nrefused\n"
+            assert f"LATE stream {base_id + 20} ConnectionReleased" in app.output()
+            assert client.post(f"/plain/{base_id + 30}").status_code == 200
+        rows = [exists(base_id + n) for n in (0, 1, 10, 20, 30)]
+        assert rows == [False, False, True, False, True]
+    idle_in_transaction = observer.count(unique_app_name, "idle in transaction")
+    idle_in_transaction += observer.count(f"{unique_app_name[:58]}:sync", "idle in transaction")
+    assert idle_in_transaction == 0
