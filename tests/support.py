@@ -1,5 +1,6 @@
 """Helpers shared by the suites that run a real uvicorn process."""
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from typing import IO
 
 import httpx2
 import pytest
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fastapi_dbpool.testing._server import free_port as free_port  # re-exported for the tests
 
@@ -90,3 +92,22 @@ def serve_app(
             process.kill()
             process.wait(10)
         log.close()
+
+
+class CancelAfter:
+    """Cancels a request that runs longer than X-Cancel-After seconds, as an edge proxy would."""
+
+    def __init__(self, inner: ASGIApp) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers") or [])
+        limit = headers.get(b"x-cancel-after")
+        if scope["type"] != "http" or limit is None:
+            await self.inner(scope, receive, send)
+            return
+        try:
+            await asyncio.wait_for(self.inner(scope, receive, send), float(limit))
+        except asyncio.TimeoutError:
+            await send({"type": "http.response.start", "status": 504, "headers": []})
+            await send({"type": "http.response.body", "body": b"cancelled"})

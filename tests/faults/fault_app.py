@@ -10,6 +10,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 from fastapi_dbpool import ConnDep, StreamConnDep, pool_lifespan, pool_router
+from tests.support import CancelAfter
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
@@ -72,25 +73,6 @@ async def stream_rows(conn: StreamConnDep, chunks: int = 200) -> StreamingRespon
             yield f"{row[0] if row else None}:{row[1] if row else ''}\n"
 
     return StreamingResponse(body(), media_type="text/plain")
-
-
-class CancelAfter:
-    """Cancels a request that runs longer than X-Cancel-After seconds, as an edge proxy would."""
-
-    def __init__(self, inner: ASGIApp) -> None:
-        self.inner = inner
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        headers = dict(scope.get("headers") or [])
-        limit = headers.get(b"x-cancel-after")
-        if scope["type"] != "http" or limit is None:
-            await self.inner(scope, receive, send)
-            return
-        try:
-            await asyncio.wait_for(self.inner(scope, receive, send), float(limit))
-        except asyncio.TimeoutError:
-            await send({"type": "http.response.start", "status": 504, "headers": []})
-            await send({"type": "http.response.body", "body": b"cancelled"})
 
 
 class StampArrival:

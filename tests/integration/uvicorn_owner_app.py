@@ -2,16 +2,14 @@
 a def endpoint cancelled by an edge timeout whose thread writes on, and a streaming body on
 a get_conn connection. What the late code got is printed, for the test to read in the log."""
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fastapi_dbpool import ConnDep, SyncConnDep, pool_lifespan, pool_router
+from tests.support import CancelAfter
 
 INSERT = "INSERT INTO items (id, note) VALUES (%s, 'owner')"
 
@@ -54,24 +52,6 @@ async def stream(item_id: int, conn: ConnDep) -> StreamingResponse:
         yield "ran\n"
 
     return StreamingResponse(body(), media_type="text/plain")
-
-
-class CancelAfter:
-    """Cancels a request that carries X-Cancel-After (seconds), as an edge timeout does."""
-
-    def __init__(self, inner: ASGIApp) -> None:
-        self.inner = inner
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit: Any = dict(scope.get("headers") or []).get(b"x-cancel-after")
-        if scope["type"] != "http" or limit is None:
-            await self.inner(scope, receive, send)
-            return
-        try:
-            await asyncio.wait_for(self.inner(scope, receive, send), float(limit))
-        except asyncio.TimeoutError:
-            await send({"type": "http.response.start", "status": 504, "headers": []})
-            await send({"type": "http.response.body", "body": b"cancelled"})
 
 
 app.add_middleware(CancelAfter)
