@@ -58,20 +58,9 @@ _in_core: ContextVar[bool] = ContextVar("fastapi_dbpool_core", default=False)
 def claim(conn: object) -> Claim:
     """Claim conn for the current context (and every context copied from it from now on)."""
     new = Claim()
-    key = id(_unwrapped(conn))
     claims = _claims.get()
-    _claims.set({**claims, key: new} if claims else {key: new})
+    _claims.set({**claims, id(conn): new} if claims else {id(conn): new})
     return new
-
-
-def _unwrapped(conn: object) -> object:
-    """The connection itself behind a proxy (OpenTelemetry's instrument() makes connect()
-    return a wrapt proxy): statements run on, and check, the connection itself."""
-    while True:
-        inner = getattr(conn, "__wrapped__", None)
-        if inner is None:
-            return conn
-        conn = inner
 
 
 def release(held: Claim | None) -> None:
